@@ -1,0 +1,25 @@
+"""bfr_core: blind face restoration with diffusion priors, in plain PyTorch (no ComfyUI imports).
+
+Main entry points:
+    load_detector(path)                    YuNet (.onnx) or RetinaFace (.pth) face detector
+    detect_faces(detector, images, opts)   batched detection + face selection
+    align_faces(images, detections)        FFHQ-aligned crops + AlignedFaces
+    paste_faces(images, crops, faces)      seamless paste-back → (images, coverage mask)
+    restore_images(images, detector, ...)  the whole pipeline
+"""
+from .align import align_matrices, estimate_similarity, ffhq_template, warp_affine, warp_faces
+from .checkpoint import CheckpointError, load_state_dict
+from .detection import FaceDetections, load_detector, select_faces
+from .faces import AlignedFaces, align_faces
+from .masks import template_mask
+from .paste import match_colors, paste_faces
+from .pipeline import DetectOptions, PasteOptions, RestoreResult, detect_faces, restore_images
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlignedFaces", "CheckpointError", "DetectOptions", "FaceDetections", "PasteOptions", "RestoreResult",
+    "align_faces", "align_matrices", "detect_faces", "estimate_similarity", "ffhq_template", "load_detector",
+    "load_state_dict", "match_colors", "paste_faces", "restore_images", "select_faces", "template_mask",
+    "warp_affine", "warp_faces",
+]

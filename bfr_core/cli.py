@@ -1,0 +1,129 @@
+"""Command line: `python -m bfr_core {detect,restore,models,download} ...`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from . import model_files
+from .checkpoint import CheckpointError
+from .detection import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, load_detector
+from .image_io import read_image, write_image
+from .pipeline import DetectOptions, PasteOptions, detect_faces, restore_images
+
+
+def _add_detect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", help="input image files")
+    p.add_argument("--detector", default="yunet",
+                   help=f"{', '.join(DETECTOR_ALIASES)} or a model file path (default: yunet)")
+    p.add_argument("--models-dir", help=f"models folder (also ${model_files.ENV_MODELS_DIR}, or ComfyUI/models)")
+    p.add_argument("--threshold", type=float, default=0.6, help="detection score threshold (default 0.6)")
+    p.add_argument("--min-size", type=float, default=0, help="ignore faces smaller than this many pixels")
+    p.add_argument("--select", choices=SELECT_MODES, default="all")
+    p.add_argument("--indices", default="", help="with --select indices: e.g. '0,2'")
+    p.add_argument("--sort", choices=SORT_MODES, default="area")
+    p.add_argument("--max-faces", type=int, default=0, help="keep at most this many faces (0 = all)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu (default cpu)")
+
+
+def _detector(args: argparse.Namespace):
+    name = DETECTOR_ALIASES.get(args.detector, args.detector)
+    return load_detector(model_files.resolve_model(name, args.models_dir), device=args.device)
+
+
+def _options(args: argparse.Namespace) -> DetectOptions:
+    return DetectOptions(args.threshold, args.min_size, args.sort, args.select, args.indices, args.max_faces)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    detector = _detector(args)
+    out = []
+    for path in args.images:
+        img = read_image(path)
+        dets = detect_faces(detector, img.rgb[None], _options(args))[0]
+        out.append({"image": str(path), "width": img.rgb.shape[2], "height": img.rgb.shape[1],
+                    "faces": dets.to_json()})
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        for item in out:
+            print(f"{item['image']}: {len(item['faces'])} face(s)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    detector = _detector(args)
+    if args.restorer != "none":
+        raise SystemExit(f"--restorer {args.restorer!r}: only 'none' is available in this version")
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paste = PasteOptions(mask=args.mask, color_match=args.color_match)
+    for path in args.images:
+        img = read_image(path)
+        images = img.rgb[None].to(args.device)
+        res = restore_images(images, detector, None, _options(args), paste, crop_size=args.crop_size)
+        target = outdir / (Path(path).stem + ".png")
+        write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
+        print(f"{path}: {len(res.faces)} face(s) -> {target}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    dirs = model_files.search_dirs(args.models_dir)
+    print("searched: " + (", ".join(str(d) for d in dirs) or "(nothing: pass --models-dir or set "
+                          f"${model_files.ENV_MODELS_DIR})"))
+    for entry in model_files.REGISTRY.values():
+        status, path = model_files.file_status(entry, args.models_dir)
+        print(f"{status:10s} {entry.folder}/{entry.name}  [{entry.licence}]" + (f"  {path}" if path else ""))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    dest = args.models_dir or (model_files.search_dirs()[0] if model_files.search_dirs() else None)
+    if dest is None:
+        raise SystemExit("pass --models-dir DIR (where to put the file)")
+    path = model_files.download(args.name, dest, args.sha256, args.allow_unpinned)
+    print(f"saved {path} (sha256 {model_files.sha256_of(path)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bfr_core", description="Blind face restoration tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("detect", help="detect faces and print boxes, landmarks and scores")
+    _add_detect_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_detect)
+    p = sub.add_parser("restore", help="detect, align, restore and paste back faces")
+    _add_detect_args(p)
+    p.add_argument("-o", "--output", required=True, help="output folder (files named <input stem>.png)")
+    p.add_argument("--restorer", default="none", help="face restorer ('none': crops pass through unchanged)")
+    p.add_argument("--crop-size", type=int, default=512)
+    p.add_argument("--mask", choices=("ellipse", "square"), default="ellipse")
+    p.add_argument("--color-match", choices=("none", "mean_std", "lowpass"), default="none")
+    p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("models", help="list known model files and whether they are found")
+    p.add_argument("--models-dir")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("download", help="download one model file (explicit; verified by sha256)")
+    p.add_argument("name", choices=sorted(model_files.REGISTRY))
+    p.add_argument("--models-dir")
+    p.add_argument("--sha256", help="expected sha256 for files whose hash is not pinned here")
+    p.add_argument("--allow-unpinned", action="store_true", help="accept a file with no known sha256")
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        with torch.inference_mode():
+            return args.func(args)
+    except (CheckpointError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,68 @@
+"""Which detected faces to keep: threshold, minimum size, ordering, choice and count."""
+from __future__ import annotations
+
+import torch
+
+from .types import FaceDetections
+
+SELECT_MODES = ("all", "largest", "center", "indices")
+SORT_MODES = ("area", "left_to_right", "top_to_bottom", "score")
+
+
+def parse_indices(text: str) -> list[int]:
+    """'0, 2,5' → [0, 2, 5]; empty → []. Raises ValueError naming the bad item."""
+    out = []
+    for item in text.replace(";", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ValueError(f"face index list must be integers separated by commas, got {item!r} in {text!r}") from None
+    return out
+
+
+def face_size(dets: FaceDetections) -> torch.Tensor:
+    """Face size in pixels: the shorter side of the box."""
+    wh = (dets.boxes[:, 2:] - dets.boxes[:, :2]).clamp(min=0)
+    return wh.min(1).values
+
+
+def select_faces(dets: FaceDetections, image_hw: tuple[int, int], score_threshold: float = 0.0,
+                 min_size: float = 0.0, sort_by: str = "area", select: str = "all",
+                 indices: str | list[int] = "", max_faces: int = 0) -> FaceDetections:
+    """Filter and order one image's detections.
+
+    Order: drop faces under `score_threshold` or smaller than `min_size` px; sort by `sort_by`
+    (area and score descending, positions ascending); then `select`: all | largest | center
+    (closest to the image centre) | indices (positions in the sorted list, negative from the end);
+    finally keep at most `max_faces` (0 = no limit).
+    """
+    if sort_by not in SORT_MODES:
+        raise ValueError(f"sort_by must be one of {SORT_MODES}, got {sort_by!r}")
+    if select not in SELECT_MODES:
+        raise ValueError(f"select must be one of {SELECT_MODES}, got {select!r}")
+    keep = (dets.scores >= score_threshold) & (face_size(dets) >= min_size)
+    dets = dets.index(torch.nonzero(keep).flatten())
+    if len(dets) == 0:
+        return dets
+    centres = (dets.boxes[:, :2] + dets.boxes[:, 2:]) / 2
+    key = {"area": -dets.areas, "score": -dets.scores, "left_to_right": centres[:, 0],
+           "top_to_bottom": centres[:, 1]}[sort_by]
+    dets = dets.index(torch.argsort(key, stable=True))
+    centres = (dets.boxes[:, :2] + dets.boxes[:, 2:]) / 2
+    if select == "largest":
+        dets = dets.index([int(torch.argmax(dets.areas))])
+    elif select == "center":
+        h, w = image_hw
+        dist = ((centres - torch.tensor([w / 2, h / 2])) ** 2).sum(1)
+        dets = dets.index([int(torch.argmin(dist))])
+    elif select == "indices":
+        wanted = parse_indices(indices) if isinstance(indices, str) else list(indices)
+        n = len(dets)
+        picked = [i if i >= 0 else n + i for i in wanted]
+        dets = dets.index([i for i in picked if 0 <= i < n])
+    if max_faces > 0:
+        dets = dets.index(list(range(min(max_faces, len(dets)))))
+    return dets

@@ -1,0 +1,66 @@
+"""Image files ↔ tensors for the CLI: 8/16-bit, grayscale, RGB and RGBA, channel order handled."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class LoadedImage:
+    rgb: Tensor  # [3, H, W] float32 in [0, 1]
+    alpha: Tensor | None  # [H, W] or None
+    gray: bool
+    bit_depth: int  # 8 or 16
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    import cv2
+
+    data = np.fromfile(str(path), dtype=np.uint8)  # works with non-ASCII paths too
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise ValueError(f"cannot read image {path} (not an image file, or unsupported format)")
+    if img.dtype == np.uint16:
+        depth, scale = 16, 65535.0
+    elif img.dtype == np.uint8:
+        depth, scale = 8, 255.0
+    else:
+        raise ValueError(f"{path}: unsupported pixel type {img.dtype} (8- or 16-bit images only)")
+    arr = img.astype(np.float32) / scale
+    alpha = None
+    gray = arr.ndim == 2 or arr.shape[2] == 1
+    if gray:
+        arr = np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2)
+    elif arr.shape[2] == 4:
+        alpha = torch.from_numpy(np.ascontiguousarray(arr[:, :, 3]))
+        arr = arr[:, :, 2::-1]
+    else:
+        arr = arr[:, :, ::-1]
+    rgb = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    return LoadedImage(rgb, alpha, gray, depth)
+
+
+def write_image(path: str | os.PathLike, rgb: Tensor, alpha: Tensor | None = None, gray: bool = False,
+                bit_depth: int = 8) -> None:
+    """Write [3, H, W] in [0, 1] as PNG/JPEG..., in the same layout and depth as the input."""
+    import cv2
+
+    scale, dtype = (65535.0, np.uint16) if bit_depth == 16 else (255.0, np.uint8)
+    arr = rgb.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    if gray:
+        arr = arr.mean(axis=2)
+    else:
+        arr = arr[:, :, ::-1]
+        if alpha is not None:
+            arr = np.concatenate([arr, alpha.detach().float().cpu().numpy()[:, :, None]], axis=2)
+    out = np.round(arr * scale).astype(dtype)
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", out)
+    if not ok:
+        raise ValueError(f"cannot encode image for {path}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    buf.tofile(str(path))

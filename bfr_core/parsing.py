@@ -1,0 +1,72 @@
+"""Face-parsing masks from facexlib's BiSeNet / ParseNet checkpoints (optional, nicer edges)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .checkpoint import load_state_dict, load_strict, wrong_kind_error
+from .masks import feather_mask
+
+# Parsing classes that belong to the face (CelebAMask-HQ order used by both facexlib models):
+# 1 skin, 2-3 brows, 4-5 eyes, 6 glasses, 7-9 ears/earring, 10 nose, 11 mouth, 12-13 lips.
+# Not face: 0 background, 14 neck, 15 necklace, 16 cloth, 17 hair, 18 hat.
+FACE_CLASSES = tuple(range(1, 14))
+
+
+class FaceParser:
+    """A facexlib parsing network plus its own input normalisation."""
+
+    def __init__(self, model: torch.nn.Module, kind: str) -> None:
+        self.model = model.eval()
+        self.kind = kind
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def labels(self, crops: Tensor) -> Tensor:
+        """crops [N, 3, H, W] RGB in [0, 1] → class map [N, H, W] (long)."""
+        import torch.nn.functional as F
+
+        h, w = crops.shape[-2:]
+        x = F.interpolate(crops.float(), size=(512, 512), mode="bilinear", align_corners=False, antialias=True)
+        x = x.to(self.device, next(self.model.parameters()).dtype)
+        if self.kind == "bisenet":
+            mean = torch.tensor([0.485, 0.456, 0.406], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+            std = torch.tensor([0.229, 0.224, 0.225], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+            logits = self.model(((x - mean) / std).contiguous())[0]
+        else:
+            logits = self.model((x * 2 - 1).contiguous())[0]
+        logits = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+        return logits.argmax(1).to(crops.device)
+
+    def mask(self, crops: Tensor, feather: float = 0.04) -> Tensor:
+        """Soft face mask [N, H, W] in [0, 1]; `feather` is the edge width as a fraction of the crop."""
+        labels = self.labels(crops)
+        hard = torch.zeros_like(labels, dtype=torch.float32)
+        for c in FACE_CLASSES:
+            hard[labels == c] = 1.0
+        size = crops.shape[-1]
+        return feather_mask(hard[:, None], erode=feather * size * 0.5, sigma=feather * size * 0.5)[:, 0]
+
+
+def load_face_parser(path: str | os.PathLike, device: torch.device | str = "cpu") -> FaceParser:
+    """Load `parsing_bisenet.pth` or `parsing_parsenet.pth` (facexlib layout) without any download."""
+    sd = load_state_dict(path)
+    if any(k.startswith("cp.resnet.") for k in sd):
+        from facexlib.parsing.bisenet import BiSeNet
+
+        model, kind = BiSeNet(num_class=19), "bisenet"
+    elif "out_mask_conv.conv2d.weight" in sd and any(k.startswith("encoder.") for k in sd):
+        from facexlib.parsing.parsenet import ParseNet
+
+        model, kind = ParseNet(in_size=512, out_size=512, parsing_ch=19), "parsenet"
+    else:
+        raise wrong_kind_error(path, "facexlib face-parsing (parsing_bisenet.pth / parsing_parsenet.pth)", sd,
+                               "Put parsing_bisenet.pth in ComfyUI/models/facedetection.")
+    load_strict(model, sd, Path(path).name, f"facexlib {kind}")
+    return FaceParser(model.to(device), kind)

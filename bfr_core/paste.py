@@ -1,0 +1,190 @@
+"""Paste restored crops back into their images: inverse warp, soft masks, colour matching.
+
+The work per face is proportional to the face's area in the image, never to the whole canvas, and
+overlapping faces are blended order-independently: colour = Σ mᵢ·faceᵢ / Σ mᵢ with coverage
+1 − Π(1 − mᵢ), so pasting never depends on which face comes first.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .align import (_h, _sampling_grid, alignment_scale, image_box_of_crop, shrink_antialiased, use_opencv,
+                    warp_faces)
+from .faces import AlignedFaces
+from .masks import gaussian_blur, template_mask
+
+COLOR_MATCH_MODES = ("none", "mean_std", "lowpass")
+
+
+def match_colors(restored: Tensor, original: Tensor, mask: Tensor, mode: str = "lowpass") -> Tensor:
+    """Match the colour/tone of restored crops [F, C, S, S] to the original crops.
+
+    mean_std: per-channel mean and standard deviation inside the mask.
+    lowpass: replace the restored face's low frequencies (σ = S/64) by the original's, keeping the
+             restored detail; the low-pass consistency that DT-BFR uses for pseudo-targets.
+    """
+    if mode == "none":
+        return restored
+    if mode not in COLOR_MATCH_MODES:
+        raise ValueError(f"color_match must be one of {COLOR_MATCH_MODES}, got {mode!r}")
+    if mode == "lowpass":
+        sigma = restored.shape[-1] / 64
+        return (restored + gaussian_blur(original, sigma) - gaussian_blur(restored, sigma)).clamp(0, 1)
+    w = mask[:, None].to(restored.dtype)
+    wsum = w.sum((2, 3), keepdim=True).clamp_min(1e-6)
+    def stats(x: Tensor) -> tuple[Tensor, Tensor]:
+        mu = (x * w).sum((2, 3), keepdim=True) / wsum
+        var = ((x - mu) ** 2 * w).sum((2, 3), keepdim=True) / wsum
+        return mu, var.clamp_min(1e-8).sqrt()
+    mu_r, sd_r = stats(restored)
+    mu_o, sd_o = stats(original)
+    return ((restored - mu_r) * (sd_o / sd_r) + mu_o).clamp(0, 1)
+
+
+def mask_support(masks: Tensor) -> tuple[int, int, int, int]:
+    """Crop-space box (u0, v0, u1, v1) outside which every mask is zero: only that part is pasted."""
+    any_mask = (masks[0] if masks.stride(0) == 0 else masks.detach().amax(0)) > 0
+    rows, cols = torch.nonzero(any_mask.any(1)).flatten(), torch.nonzero(any_mask.any(0)).flatten()
+    if rows.numel() == 0:
+        return 0, 0, 1, 1
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def overlap_groups(boxes: list[tuple[int, int, int, int]]) -> list[list[int]]:
+    """Indices of boxes grouped into connected sets of overlapping boxes (union-find)."""
+    parent = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(boxes):
+        for j in range(i):
+            b = boxes[j]
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(boxes)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+class _FaceSampler:
+    """Renders crop i and its mask into an image region: OpenCV on the CPU, grid_sample elsewhere."""
+
+    def __init__(self, crops: Tensor, masks: Tensor, affines: Tensor, backend: str) -> None:
+        self.crops, self.masks, self.affines = crops, masks, affines
+        self.cv2 = use_opencv(crops, backend)
+        if self.cv2:  # channels-last numpy views (free when the crops came from ComfyUI or warp_faces)
+            self.crops_np = crops.detach().permute(0, 2, 3, 1).contiguous().numpy()
+            # One shared template mask (an expanded view) is converted once, not once per face.
+            shared = masks.stride(0) == 0
+            self.masks_np = (masks[:1] if shared else masks).detach().contiguous().numpy()
+            self.mask_index = (lambda i: 0) if shared else (lambda i: i)
+
+    def _cv2_warp(self, src, m: Tensor, size: tuple[int, int], scale: float):
+        import cv2
+
+        if scale > 2:  # the face is much smaller in the image than in the crop: shrink the crop first
+            side = max(1, round(src.shape[0] * 2 / scale))
+            f = side / src.shape[0]
+            src = cv2.resize(src, (side, side), interpolation=cv2.INTER_AREA)
+            m = (_h(torch.tensor([[f, 0, 0.5 * f - 0.5], [0, f, 0.5 * f - 0.5]], dtype=torch.float64)) @ _h(m))[:2]
+        # WARP_INVERSE_MAP: m maps destination (region) pixels to source (crop) pixels.
+        out = cv2.warpAffine(src, m.numpy(), size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return torch.from_numpy(out.reshape(size[1], size[0], -1)).permute(2, 0, 1)
+
+    def __call__(self, i: int, box: tuple[int, int, int, int]) -> tuple[Tensor, Tensor]:
+        x0, y0, x1, y1 = box
+        m = self.affines[i].double().cpu().clone()
+        m[:, 2] += m[:, 0] * x0 + m[:, 1] * y0  # region pixel → crop pixel
+        scale = float(alignment_scale(m))
+        if self.cv2:
+            size = (x1 - x0, y1 - y0)
+            return self._cv2_warp(self.crops_np[i], m, size, scale), self._cv2_warp(self.masks_np[self.mask_index(i)], m, size, scale)
+        src = torch.cat([self.crops[i], self.masks[i][None]], 0)[None]
+        if scale > 2:
+            src, old_to_new = shrink_antialiased(src, 2 / scale)
+            m = (_h(old_to_new) @ _h(m))[:2]
+        m = m.to(src.device, torch.float32)[None]
+        grid = _sampling_grid(m, (y1 - y0, x1 - x0), src.shape[-2:])
+        t = torch.nn.functional.grid_sample(src, grid.to(src.dtype), mode="bicubic", padding_mode="zeros",
+                                            align_corners=False)[0]
+        return t[:-1], t[-1:]
+
+
+def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tensor | None = None,
+                color_match: str = "none", progress: Callable[[int], None] | None = None,
+                backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Put crops [F, C, S', S'] back into images [B, C, H, W] (values in [0, 1]).
+
+    masks: soft crop-space masks [F, S', S'] (default: the template face oval). The crops may have
+    been resized after alignment (e.g. by an upscaler): any square size works. Returns the images
+    and the pasted-face coverage [B, H, W] (1 = fully the restored face). Faces are rendered into
+    their own boxes only; overlapping faces are blended together, order-independently.
+    `backend`: as in `warp_faces`.
+    """
+    if images.shape[0] != faces.num_images:
+        raise ValueError(f"the faces were aligned from {faces.num_images} images, but {images.shape[0]} images were given")
+    if crops.shape[0] != len(faces):
+        raise ValueError(f"got {crops.shape[0]} crops for {len(faces)} faces; paste the crops that came out of "
+                         f"the same alignment (one per face, in order)")
+    if crops.shape[-1] != crops.shape[-2]:
+        raise ValueError(f"crops must be square, got {tuple(crops.shape[-2:])}")
+    if crops.shape[1] != images.shape[1]:
+        raise ValueError(f"crops have {crops.shape[1]} channels, images have {images.shape[1]}")
+    out = images.clone()
+    coverage = images.new_zeros(images.shape[0], *images.shape[-2:])
+    if len(faces) == 0:
+        return out, coverage
+    device, s = images.device, crops.shape[-1]
+    crops = crops.to(device, images.dtype)
+    # Affines for the crops' actual size (they may have been upscaled between align and paste).
+    affines = faces.affines.to(device).double().clone()
+    affines *= s / faces.crop_size
+    affines[:, :, 2] += (s / faces.crop_size - 1) * 0.5  # pixel-centre convention under scaling
+    affines = affines.float()
+    if masks is None:
+        masks = template_mask(s, "ellipse", device=device).expand(len(faces), -1, -1)
+    masks = masks.to(device, images.dtype)
+    if color_match != "none":
+        originals = warp_faces(images, faces.image_index.to(device), affines, s, faces.border, backend=backend)
+        crops = match_colors(crops, originals, masks, color_match)
+    sample = _FaceSampler(crops, masks, affines, backend)
+
+    hw = tuple(images.shape[-2:])
+    support = mask_support(masks)
+    for b in range(images.shape[0]):
+        idx = faces.faces_of(b)
+        boxes = [image_box_of_crop(affines[i], s, hw, support=support) for i in idx]
+        for group in overlap_groups(boxes):
+            members = [(idx[g], boxes[g]) for g in group if boxes[g][2] > boxes[g][0] and boxes[g][3] > boxes[g][1]]
+            if not members:
+                continue
+            ux0, uy0 = min(bx[0] for _, bx in members), min(bx[1] for _, bx in members)
+            ux1, uy1 = max(bx[2] for _, bx in members), max(bx[3] for _, bx in members)
+            shape = (uy1 - uy0, ux1 - ux0)
+            num = images.new_zeros(images.shape[1], *shape)
+            den = images.new_zeros(1, *shape)
+            keep = images.new_ones(1, *shape)
+            for i, (x0, y0, x1, y1) in members:
+                face, mk = sample(i, (x0, y0, x1, y1))
+                face, mk = face.to(device).clamp(0, 1), mk.to(device).clamp(0, 1)
+                sl = (slice(None), slice(y0 - uy0, y1 - uy0), slice(x0 - ux0, x1 - ux0))
+                num[sl] += face * mk
+                den[sl] += mk
+                keep[sl] *= 1 - mk
+                if progress is not None:
+                    progress(1)
+            alpha = 1 - keep
+            region = out[b, :, uy0:uy1, ux0:ux1]
+            blended = num / den.clamp_min(1e-8)
+            out[b, :, uy0:uy1, ux0:ux1] = torch.where(den > 0, alpha * blended + (1 - alpha) * region, region)
+            coverage[b, uy0:uy1, ux0:ux1] = torch.maximum(coverage[b, uy0:uy1, ux0:ux1], alpha[0])
+    return out, coverage

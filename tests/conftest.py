@@ -1,0 +1,63 @@
+"""Shared test fixtures: paths to ../shared/data, which must exist in CI."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def shared_path(rel: str) -> Path:
+    """Path of a file in ../shared/data; fails in CI (CI set) when missing, skips elsewhere."""
+    path = SHARED_DATA / rel
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"test data missing in CI: {path}")
+        pytest.skip(f"test data not found: {path}")
+    return path
+
+
+@pytest.fixture
+def yunet_path() -> Path:
+    return shared_path("models/face_detection_yunet_2023mar.onnx")
+
+
+@pytest.fixture
+def solvay_path() -> Path:
+    return shared_path("images/group/Solvay_conference_1927.png")
+
+
+def load_rgb(path: Path):
+    """An image file as a [1, 3, H, W] float tensor in [0, 1] (RGB)."""
+    from bfr_core.image_io import read_image
+
+    return read_image(path).rgb[None]
+
+
+@pytest.fixture(scope="session")
+def yunet():
+    from bfr_core.detection.yunet import YuNetDetector
+
+    return YuNetDetector(shared_path("models/face_detection_yunet_2023mar.onnx"))
+
+
+@pytest.fixture(scope="session")
+def comfy_pack():
+    """The pack imported the way ComfyUI imports a custom node folder, with test stand-ins for ComfyUI."""
+    import importlib.util
+    import sys
+
+    stub = str(Path(__file__).parent / "comfy_stub")
+    if stub not in sys.path:
+        sys.path.insert(0, stub)
+    name = "bfr_pack_under_test"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

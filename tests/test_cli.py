@@ -1,0 +1,113 @@
+"""The command line: detect JSON, restore outputs (bit depth, channels), model listing and download."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from bfr_core import model_files
+from bfr_core.cli import main
+from conftest import ROOT, shared_path
+
+
+def test_detect_json_through_the_real_cli(solvay_path, yunet_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "bfr_core", "detect", str(solvay_path), "--detector", "yunet",
+                           "--models-dir", str(yunet_path.parent), "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert len(data) == 1 and data[0]["width"] == 1328 and data[0]["height"] == 568
+    faces = data[0]["faces"]
+    assert len(faces) >= 27
+    for f in faces:
+        assert len(f["box"]) == 4 and len(f["landmarks"]) == 5 and all(len(p) == 2 for p in f["landmarks"])
+        assert 0 <= f["score"] <= 1
+
+
+def _write(path: Path, arr: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), arr)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["rgb8", "gray8", "rgba8", "rgb16"])
+def test_restore_none_writes_same_size_and_depth(tmp_path, yunet_path, kind):
+    src = cv2.imread(str(shared_path("images/whole/gfpgan_Blake_Lively.jpg")), cv2.IMREAD_COLOR)
+    if kind == "gray8":
+        src = cv2.cvtColor(src, cv2.COLOR_BGR2GRAY)
+    elif kind == "rgba8":
+        src = np.dstack([src, np.full(src.shape[:2], 200, np.uint8)])
+    elif kind == "rgb16":
+        src = src.astype(np.uint16) * 257 + np.uint16(3)
+    inp = _write(tmp_path / f"in_{kind}.png", src)
+    rc = main(["restore", str(inp), "-o", str(tmp_path / "out"), "--detector", str(yunet_path)])
+    assert rc == 0
+    out = cv2.imread(str(tmp_path / "out" / f"in_{kind}.png"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == src.shape and out.dtype == src.dtype
+    scale = 65535.0 if kind == "rgb16" else 255.0
+    mse = np.mean((out.astype(np.float64) / scale - src.astype(np.float64) / scale) ** 2)
+    assert 10 * np.log10(1 / mse) > 40
+    if kind == "rgba8":
+        assert (out[..., 3] == 200).all()
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    img = _write(tmp_path / "x.png", np.zeros((32, 32, 3), np.uint8))
+    rc = main(["detect", str(img), "--models-dir", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "face_detection_yunet_2023mar.onnx" in err and "facedetection" in err and "download" in err
+
+
+def test_models_lists_found_missing_and_corrupt(tmp_path, capsys, yunet_path):
+    good = tmp_path / "good" / "facedetection"
+    good.mkdir(parents=True)
+    (good / yunet_path.name).write_bytes(yunet_path.read_bytes())
+    bad = tmp_path / "bad" / "facedetection"
+    bad.mkdir(parents=True)
+    (bad / yunet_path.name).write_bytes(b"x" * yunet_path.stat().st_size)
+    main(["models", "--models-dir", str(tmp_path / "good")])
+    out = capsys.readouterr().out
+    assert "found" in out.split("face_detection_yunet")[0].splitlines()[-1]
+    assert "missing" in out.split("iddpm_ffhq512")[0].splitlines()[-1]
+    main(["models", "--models-dir", str(tmp_path / "bad")])
+    assert "corrupt" in capsys.readouterr().out.split("face_detection_yunet")[0].splitlines()[-1]
+
+
+def test_download_verifies_checksum_and_is_atomic(tmp_path, monkeypatch, yunet_path):
+    entry = model_files.REGISTRY["face_detection_yunet_2023mar.onnx"]
+    # A local file:// URL stands in for the network: the same code path, no internet needed.
+    monkeypatch.setitem(model_files.REGISTRY, entry.name, model_files.ModelFile(
+        entry.name, entry.folder, entry.kind, yunet_path.as_uri(), entry.licence, entry.sha256, entry.size))
+    path = model_files.download(entry.name, tmp_path)
+    assert path == tmp_path / "facedetection" / entry.name
+    assert model_files.sha256_of(path) == entry.sha256
+    monkeypatch.setitem(model_files.REGISTRY, entry.name, model_files.ModelFile(
+        entry.name, entry.folder, entry.kind, yunet_path.as_uri(), entry.licence, "0" * 64, entry.size))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        model_files.download(entry.name, tmp_path / "other")
+    assert not (tmp_path / "other" / "facedetection" / entry.name).exists()
+    assert not list((tmp_path / "other" / "facedetection").glob("*.part"))
+
+
+def test_unpinned_download_needs_explicit_consent(tmp_path):
+    with pytest.raises(ValueError, match="--sha256"):
+        model_files.download("detection_Resnet50_Final.pth", tmp_path)
+
+
+def test_models_dir_from_environment(tmp_path, monkeypatch, yunet_path):
+    (tmp_path / "facedetection").mkdir()
+    (tmp_path / "facedetection" / yunet_path.name).write_bytes(yunet_path.read_bytes())
+    monkeypatch.setenv(model_files.ENV_MODELS_DIR, str(tmp_path))
+    assert model_files.find_model(yunet_path.name) == tmp_path / "facedetection" / yunet_path.name
+
+
+def test_comfyui_models_folder_is_found(tmp_path):
+    pack = tmp_path / "ComfyUI" / "custom_nodes" / "bfr" / "bfr_core"
+    pack.mkdir(parents=True)
+    (tmp_path / "ComfyUI" / "models").mkdir()
+    assert model_files.comfy_models_dir(pack / "model_files.py") == tmp_path / "ComfyUI" / "models"

@@ -1,0 +1,175 @@
+"""Node contract, run without ComfyUI: the pack is imported the way ComfyUI imports it, with stand-ins."""
+import sys
+
+import pytest
+import torch
+
+from conftest import load_rgb, shared_path
+
+NODE_IDS = {"BFRLoadFaceDetector", "BFRDetectFaces", "BFRAlignFaces", "BFRPasteFaces"}
+
+
+def test_pack_exports_the_nodes(comfy_pack):
+    assert NODE_IDS <= set(comfy_pack.NODE_CLASS_MAPPINGS)
+    assert set(comfy_pack.NODE_DISPLAY_NAME_MAPPINGS) == set(comfy_pack.NODE_CLASS_MAPPINGS)
+
+
+def test_every_node_is_documented(comfy_pack):
+    for node_id, cls in comfy_pack.NODE_CLASS_MAPPINGS.items():
+        assert cls.DESCRIPTION and cls.CATEGORY and hasattr(cls, cls.FUNCTION), node_id
+        assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+        spec = cls.INPUT_TYPES()
+        for group in spec.values():
+            for name, entry in group.items():
+                assert len(entry) == 2 and entry[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+                if isinstance(entry[0], list):
+                    default = entry[1].get("default", entry[0][0])
+                    assert default in entry[0], f"{node_id}.{name}"
+
+
+def test_model_folders_are_merged_not_overwritten(comfy_pack):
+    import folder_paths
+
+    from bfr_pack_under_test.nodes.comfy_glue import register_model_folders
+
+    folder_paths.folder_names_and_paths["facedetection"] = (["/user/extra/facedetection"], {".pth"})
+    folder_paths.folder_names_and_paths["facerestore_models"] = (["/user/restore"], set())
+    register_model_folders()
+    paths, exts = folder_paths.folder_names_and_paths["facedetection"]
+    assert paths[0] == "/user/extra/facedetection" and len(paths) == 2 and ".onnx" in exts and ".pth" in exts
+    paths, exts = folder_paths.folder_names_and_paths["facerestore_models"]
+    assert "/user/restore" in paths and exts == set()  # an empty set (= every file) stays as the user had it
+    register_model_folders()
+    assert len(folder_paths.folder_names_and_paths["facedetection"][0]) == 2
+
+
+@pytest.fixture
+def detector_node_output(comfy_pack, tmp_path):
+    import folder_paths
+
+    yunet = shared_path("models/face_detection_yunet_2023mar.onnx")
+    folder_paths.folder_names_and_paths["facedetection"] = ([str(yunet.parent)], {".onnx", ".pth"})
+    cls = comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceDetector"]
+    choices = cls.INPUT_TYPES()["required"]["model_name"][0]
+    assert yunet.name in choices
+    return cls().load(yunet.name)[0]
+
+
+def _comfy_image(rel):
+    return load_rgb(shared_path(rel)).movedim(1, -1)
+
+
+def test_detect_align_paste_graph_on_a_video_like_batch(comfy_pack, detector_node_output):
+    import comfy.utils
+
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    frame = _comfy_image("images/whole/gfpgan_10045.png")
+    batch = torch.cat([frame, torch.full_like(frame, 0.5), frame])
+    comfy.utils.UPDATES.clear()
+    dets, preview, count = nodes["BFRDetectFaces"]().detect(batch, detector_node_output, 0.6, 0, "all", "", "area", 0)
+    assert len(dets) == 3 and len(dets[1]) == 0 and count == len(dets[0]) * 2
+    assert preview.shape == batch.shape and not torch.equal(preview[0], batch[0])
+    assert comfy.utils.UPDATES, "no progress reported"
+    crops, faces = nodes["BFRAlignFaces"]().align(batch, dets, 512, "reflect")
+    assert crops.shape == (count, 512, 512, 3) and crops.dtype == torch.float32
+    out, mask = nodes["BFRPasteFaces"]().paste(batch, crops, faces, "ellipse", 0.1, "none", "none")
+    assert out.shape == batch.shape and mask.shape == batch.shape[:3]
+    assert float(10 * torch.log10(1 / ((out - batch) ** 2).mean())) > 40
+    assert torch.equal(out[1], batch[1]) and not mask[1].any() and mask[0].max() > 0.99
+
+
+def test_no_faces_passthrough(comfy_pack, detector_node_output):
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    blank = torch.full((1, 64, 96, 3), 0.5)
+    dets, _, count = nodes["BFRDetectFaces"]().detect(blank, detector_node_output, 0.6, 0, "all", "", "area", 0)
+    crops, faces = nodes["BFRAlignFaces"]().align(blank, dets, 256, "reflect")
+    assert count == 0 and crops.shape == (1, 256, 256, 3) and len(faces) == 0
+    out, mask = nodes["BFRPasteFaces"]().paste(blank, crops, faces, "ellipse", 0.1, "none", "none")
+    assert torch.equal(out, blank) and not mask.any()
+
+
+def test_rgba_image_keeps_alpha(comfy_pack, detector_node_output):
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    rgb = _comfy_image("images/whole/gfpgan_Blake_Lively.jpg")
+    rgba = torch.cat([rgb, torch.full_like(rgb[..., :1], 0.7)], -1)
+    dets, _, count = nodes["BFRDetectFaces"]().detect(rgba, detector_node_output, 0.6, 0, "largest", "", "area", 0)
+    crops, faces = nodes["BFRAlignFaces"]().align(rgba, dets, 512, "reflect")
+    out, _ = nodes["BFRPasteFaces"]().paste(rgba, crops, faces, "square", 0.1, "lowpass", "none")
+    assert count == 1 and crops.shape[-1] == 3 and out.shape == rgba.shape
+    assert torch.equal(out[..., 3], rgba[..., 3])
+
+
+def test_cancel_mid_batch_stops_the_run(comfy_pack, detector_node_output):
+    import comfy.model_management as mm
+
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    batch = torch.rand(6, 64, 64, 3)
+    mm.INTERRUPT["flag"] = True
+    with pytest.raises(mm.InterruptProcessingException):
+        nodes["BFRDetectFaces"]().detect(batch, detector_node_output, 0.6, 0, "all", "", "area", 0)
+
+
+def test_mismatched_inputs_are_clear_errors(comfy_pack, detector_node_output):
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    img = _comfy_image("images/whole/gfpgan_10045.png")
+    dets, _, _ = nodes["BFRDetectFaces"]().detect(img, detector_node_output, 0.6, 0, "all", "", "area", 0)
+    with pytest.raises(ValueError, match="same IMAGE"):
+        nodes["BFRAlignFaces"]().align(torch.cat([img, img]), dets, 512, "reflect")
+    crops, faces = nodes["BFRAlignFaces"]().align(img, dets, 512, "reflect")
+    with pytest.raises(ValueError, match="crops for"):
+        nodes["BFRPasteFaces"]().paste(img, crops[:1], faces, "ellipse", 0.1, "none", "none")
+    with pytest.raises(ValueError, match="parsing model"):
+        nodes["BFRPasteFaces"]().paste(img, crops, faces, "parsing", 0.1, "none", "none")
+
+
+def test_parsing_mask_from_a_facexlib_layout_checkpoint(comfy_pack, tmp_path):
+    import folder_paths
+    from facexlib.parsing.bisenet import BiSeNet
+
+    torch.manual_seed(0)
+    torch.save(BiSeNet(num_class=19).state_dict(), tmp_path / "parsing_bisenet.pth")
+    folder_paths.folder_names_and_paths["facedetection"] = ([str(tmp_path)], {".pth", ".onnx"})
+    cls = comfy_pack.NODE_CLASS_MAPPINGS["BFRPasteFaces"]
+    assert "parsing_bisenet.pth" in cls.INPUT_TYPES()["required"]["parsing_model"][0]
+    from bfr_core.parsing import load_face_parser
+
+    parser = load_face_parser(tmp_path / "parsing_bisenet.pth")
+    assert parser.kind == "bisenet"
+    crops = load_rgb(shared_path("images/aligned512/gfpgan_Adele_crop.png"))
+    assert parser.labels(crops).shape == (1, 512, 512)
+
+
+def test_parsenet_checkpoint_loads_and_wrong_kind_is_named(tmp_path):
+    from facexlib.parsing.parsenet import ParseNet
+
+    from bfr_core import CheckpointError
+    from bfr_core.parsing import load_face_parser
+
+    torch.save({"module." + k: v for k, v in ParseNet(512, 512, 19).state_dict().items()}, tmp_path / "p.pth")
+    assert load_face_parser(tmp_path / "p.pth").kind == "parsenet"
+    torch.save({"x.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="other.pth"):
+        load_face_parser(tmp_path / "other.pth")
+
+
+def test_parsing_mask_follows_the_labels():
+    from bfr_core.parsing import FaceParser
+
+    class FixedLabels(torch.nn.Module):
+        """Logits saying 'skin' (class 1) in a centred square and 'hair' (17) elsewhere."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 19, *x.shape[-2:])
+            logits[:, 17] = 1
+            logits[:, 1, 128:384, 128:384] = 2
+            return (logits,)
+
+    mask = FaceParser(FixedLabels(), "bisenet").mask(torch.rand(2, 3, 512, 512))
+    assert mask.shape == (2, 512, 512)
+    assert float(mask[:, 240:272, 240:272].min()) > 0.99
+    assert float(mask[:, :64, :].max()) < 0.01
+    assert float(mask[:, 100:412, 100:412].mean()) > float(mask.mean())

@@ -1,0 +1,91 @@
+"""Paste-back: round trip, locality, overlap blending, colour matching, resized crops."""
+import pytest
+import torch
+
+from bfr_core.align import ffhq_template
+from bfr_core.detection.types import FaceDetections
+from bfr_core.faces import align_faces
+from bfr_core.masks import template_mask
+from bfr_core.paste import match_colors, paste_faces
+from conftest import load_rgb, shared_path
+
+PHOTOS = ["images/group/Solvay_conference_1927.png", "images/whole/gfpgan_00.jpg",
+          "images/whole/gfpgan_10045.png", "images/whole/gfpgan_Blake_Lively.jpg"]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(10 * torch.log10(1 / ((a - b) ** 2).mean()))
+
+
+@pytest.mark.parametrize("rel", PHOTOS)
+@pytest.mark.parametrize("shape", ["ellipse", "square"])
+def test_round_trip_of_unchanged_crops_is_lossless_enough(rel, shape, yunet):
+    img = load_rgb(shared_path(rel))
+    dets = yunet.detect(img, 0.6)
+    assert len(dets[0]) >= 1
+    crops, faces = align_faces(img, dets)
+    out, cov = paste_faces(img, crops, faces, template_mask(512, shape).expand(len(faces), -1, -1))
+    assert psnr(out, img) >= 40.0
+    assert cov.max() > 0.99
+
+
+def _faces_at(img, centres, size=60.0):
+    """Synthetic detections: template-shaped landmarks for faces centred at `centres`."""
+    tpl = ffhq_template(512).float()
+    pts = [(tpl - 256) * (size / 256) + torch.tensor(c) for c in centres]
+    lm = torch.stack(pts)
+    boxes = torch.cat([lm.min(1).values - size / 2, lm.max(1).values + size / 2], 1)
+    return [FaceDetections(boxes, lm, torch.ones(len(centres)))]
+
+
+def test_paste_only_touches_the_face_regions():
+    img = torch.rand(1, 3, 300, 400)
+    crops, faces = align_faces(img, _faces_at(img, [(100.0, 100.0), (300.0, 200.0)]))
+    out, cov = paste_faces(img, torch.zeros_like(crops), faces)
+    changed = (out != img).any(1)[0]
+    assert changed.any()
+    # Nothing changes where the coverage is zero, and coverage is local (well under the canvas).
+    assert not changed[cov[0] == 0].any()
+    assert float((cov[0] > 0).float().mean()) < 0.3
+
+
+def test_overlapping_faces_blend_independently_of_order():
+    img = torch.rand(1, 3, 200, 200)
+    crops, faces = align_faces(img, _faces_at(img, [(90.0, 100.0), (110.0, 100.0)]))
+    fills = torch.stack([torch.full_like(crops[0], 0.2), torch.full_like(crops[0], 0.8)])
+    out_ab, cov_ab = paste_faces(img, fills, faces)
+    out_ba, cov_ba = paste_faces(img, fills.flip(0), faces.subset([1, 0]))
+    torch.testing.assert_close(out_ab, out_ba, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cov_ab, cov_ba, atol=1e-6, rtol=0)
+    # Where both masks are full the result is the mean of the two faces.
+    assert abs(float(out_ab[0, :, 100, 100].mean()) - 0.5) < 1e-3
+
+
+def test_resized_crops_paste_to_the_same_place(yunet):
+    img = load_rgb(shared_path("images/whole/gfpgan_Blake_Lively.jpg"))
+    crops, faces = align_faces(img, yunet.detect(img, 0.6))
+    big = torch.nn.functional.interpolate(crops, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+    out_small, _ = paste_faces(img, crops, faces)
+    out_big, _ = paste_faces(img, big, faces)
+    assert psnr(out_small, out_big) > 38
+
+
+@pytest.mark.parametrize("mode", ["mean_std", "lowpass"])
+def test_colour_matching_undoes_a_tone_shift(mode):
+    img = load_rgb(shared_path("images/aligned512/gfpgan_Adele_crop.png"))
+    shifted = (img * torch.tensor([0.8, 1.0, 1.1]).view(1, 3, 1, 1) + 0.05).clamp(0, 1)
+    mask = template_mask(512)[None]
+    fixed = match_colors(shifted, img, mask, mode)
+    assert psnr(fixed, img) > psnr(shifted, img) + 6
+
+
+def test_no_faces_and_bad_counts():
+    img = torch.rand(2, 3, 64, 64)
+    crops, faces = align_faces(img, [FaceDetections.empty(), FaceDetections.empty()])
+    out, cov = paste_faces(img, crops, faces)
+    assert torch.equal(out, img) and not cov.any()
+    crops, faces = align_faces(img, _faces_at(img, [(32.0, 32.0)]) + [FaceDetections.empty()])
+    with pytest.raises(ValueError, match="crops for 1 faces"):
+        paste_faces(img, torch.cat([crops, crops]), faces)
+    with pytest.raises(ValueError, match="aligned from 2 images"):
+        paste_faces(img[:1], crops, faces)

@@ -1,0 +1,112 @@
+"""Example workflows: every node exists, links are type-correct, widget values fit the inputs."""
+import json
+
+import pytest
+
+from conftest import ROOT
+
+# Signatures of the ComfyUI core nodes the examples use: (inputs in order, outputs).
+# Widget inputs are (name, kind); kind "IMAGE"-like upper-case names are links.
+CORE_NODES = {
+    "LoadImage": ([("image", "COMBO"), ("upload", "UPLOAD")], ["IMAGE", "MASK"]),
+    "SaveImage": ([("images", "IMAGE"), ("filename_prefix", "STRING")], []),
+    "PreviewImage": ([("images", "IMAGE")], []),
+    "ImageSharpen": ([("image", "IMAGE"), ("sharpen_radius", "INT"), ("sigma", "FLOAT"), ("alpha", "FLOAT")], ["IMAGE"]),
+}
+LINK_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING"}
+
+UI_FILES = sorted(p for p in (ROOT / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
+API_FILES = sorted((ROOT / "workflows").glob("*.api.json"))
+
+
+def _signature(nodes_map, node_type):
+    """[(name, type, options)] in widget order, and output types, for a pack or core node."""
+    if node_type in nodes_map:
+        cls = nodes_map[node_type]
+        spec = cls.INPUT_TYPES()
+        inputs = []
+        for group in ("required", "optional"):
+            for name, entry in spec.get(group, {}).items():
+                kind = entry[0]
+                inputs.append((name, "COMBO" if isinstance(kind, list) else kind, entry[1] if len(entry) > 1 else {},
+                               kind if isinstance(kind, list) else None))
+        return inputs, list(cls.RETURN_TYPES)
+    if node_type in CORE_NODES:
+        ins, outs = CORE_NODES[node_type]
+        return [(n, k, {}, None) for n, k in ins], outs
+    raise AssertionError(f"unknown node type {node_type}")
+
+
+def _is_link_type(kind):
+    return kind in LINK_TYPES or kind.startswith("BFR_")
+
+
+def test_there_are_examples():
+    assert UI_FILES and API_FILES
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_ui_workflow_is_consistent(path, comfy_pack):
+    wf = json.loads(path.read_text())
+    nodes_map = comfy_pack.NODE_CLASS_MAPPINGS
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert wf["last_node_id"] >= max(nodes) and wf["last_link_id"] >= max(l[0] for l in wf["links"])
+    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
+        _, src_outs = _signature(nodes_map, nodes[src]["type"])
+        assert src_outs[src_slot] == typ, f"link {link_id}: {nodes[src]['type']} output {src_slot} is not {typ}"
+        dst_node = nodes[dst]
+        assert dst_node["inputs"][dst_slot]["type"] == typ and dst_node["inputs"][dst_slot]["link"] == link_id
+        assert link_id in (nodes[src]["outputs"][src_slot]["links"] or [])
+    for node in wf["nodes"]:
+        inputs, outs = _signature(nodes_map, node["type"])
+        links_in = [i["name"] for i in node.get("inputs", []) if i.get("link") is not None]
+        link_inputs = [n for n, k, _, _ in inputs if _is_link_type(k)]
+        for name in links_in:
+            assert name in link_inputs, f"{node['type']}.{name} is not a link input"
+        required = [n for n, k, _, _ in inputs if _is_link_type(k)]
+        assert set(required) <= {i["name"] for i in node.get("inputs", [])}, f"{node['type']} misses a link input"
+        widgets = [(n, k, o, c) for n, k, o, c in inputs if not _is_link_type(k) and k != "UPLOAD"]
+        values = node["widgets_values"]
+        if node["type"] == "LoadImage":
+            values = values[:1]
+        assert len(values) == len(widgets), f"{node['type']}: {len(values)} widget values for {len(widgets)} widgets"
+        for value, (name, kind, opts, choices) in zip(values, widgets):
+            if kind == "COMBO" and choices is not None and name not in ("model_name",):
+                assert value in choices, f"{node['type']}.{name}={value!r}"
+            elif kind == "INT":
+                assert isinstance(value, int) and opts.get("min", value) <= value <= opts.get("max", value)
+            elif kind == "FLOAT":
+                assert isinstance(value, (int, float)) and opts.get("min", value) <= value <= opts.get("max", value)
+            elif kind == "STRING":
+                assert isinstance(value, str)
+        assert [o["type"] for o in node.get("outputs", [])] == outs
+
+
+@pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.name)
+def test_api_workflow_matches_its_ui_twin(path, comfy_pack):
+    api = json.loads(path.read_text())
+    ui = json.loads((path.parent / path.name.replace(".api.json", ".json")).read_text())
+    nodes_map = comfy_pack.NODE_CLASS_MAPPINGS
+    ui_nodes = {str(n["id"]): n for n in ui["nodes"]}
+    assert set(api) == set(ui_nodes)
+    for node_id, node in api.items():
+        assert node["class_type"] == ui_nodes[node_id]["type"]
+        inputs, _ = _signature(nodes_map, node["class_type"])
+        names = {n for n, k, _, _ in inputs if k != "UPLOAD"}
+        assert set(node["inputs"]) <= names, f"{node_id}: unknown inputs {set(node['inputs']) - names}"
+        for name, kind, _, _ in inputs:
+            if _is_link_type(kind):
+                src, slot = node["inputs"][name]
+                _, outs = _signature(nodes_map, api[src]["class_type"])
+                assert outs[slot] == kind, f"{node_id}.{name}: {api[src]['class_type']}[{slot}] is {outs[slot]}"
+        widget_names = [n for n, k, _, _ in inputs if not _is_link_type(k) and k != "UPLOAD"]
+        ui_values = ui_nodes[node_id]["widgets_values"]
+        for name, value in zip(widget_names, ui_values):
+            assert node["inputs"][name] == value, f"{node_id}.{name}: API {node['inputs'][name]!r} vs UI {value!r}"
+
+
+def test_templates_folder_mirrors_the_ui_workflows():
+    shipped = sorted((ROOT / "example_workflows").glob("*.json"))
+    assert [p.name for p in shipped] == [p.name for p in UI_FILES]
+    for p in shipped:
+        assert p.read_bytes() == (ROOT / "workflows" / p.name).read_bytes()
