@@ -15,8 +15,11 @@ CORE_NODES = {
 }
 LINK_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING"}
 
-UI_FILES = sorted(p for p in (ROOT / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
-API_FILES = sorted((ROOT / "workflows").glob("*.api.json"))
+# workflows/ui: drag-and-drop (UI) format; workflows/api: the HTTP API twins (same stem). Only
+# example_workflows/ holds JSON directly: ComfyUI lists every `<pack>/{example_workflows,workflows,...}/*.json`
+# as a template, so no JSON may sit directly in workflows/.
+UI_FILES = sorted((ROOT / "workflows" / "ui").glob("*.json"))
+API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
 
 
 def _signature(nodes_map, node_type):
@@ -85,7 +88,7 @@ def test_ui_workflow_is_consistent(path, comfy_pack):
 @pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.name)
 def test_api_workflow_matches_its_ui_twin(path, comfy_pack):
     api = json.loads(path.read_text())
-    ui = json.loads((path.parent / path.name.replace(".api.json", ".json")).read_text())
+    ui = json.loads((ROOT / "workflows" / "ui" / path.name).read_text())
     nodes_map = comfy_pack.NODE_CLASS_MAPPINGS
     ui_nodes = {str(n["id"]): n for n in ui["nodes"]}
     assert set(api) == set(ui_nodes)
@@ -109,4 +112,7 @@ def test_templates_folder_mirrors_the_ui_workflows():
     shipped = sorted((ROOT / "example_workflows").glob("*.json"))
     assert [p.name for p in shipped] == [p.name for p in UI_FILES]
     for p in shipped:
-        assert p.read_bytes() == (ROOT / "workflows" / p.name).read_bytes()
+        assert p.read_bytes() == (ROOT / "workflows" / "ui" / p.name).read_bytes()
+    # Other folder names ComfyUI scans for templates must not hold JSON, or templates appear twice.
+    for name in ("example", "examples", "workflow", "workflows"):
+        assert not list((ROOT / name).glob("*.json")), name
