@@ -6,6 +6,8 @@ Main entry points:
     align_faces(images, detections)        FFHQ-aligned crops + AlignedFaces
     paste_faces(images, crops, faces)      seamless paste-back → (images, coverage mask)
     restore_images(images, detector, ...)  the whole pipeline
+    load_prior(path) / load_restorer(path) the DifFace prior and backbone (or diffusers / spandrel models)
+    restore_faces(crops, prior, ...)       DifFace restoration of aligned crops (batched, seeded per face)
 """
 from .align import align_matrices, estimate_similarity, ffhq_template, warp_affine, warp_faces
 from .checkpoint import CheckpointError, load_state_dict
@@ -14,11 +16,16 @@ from .faces import AlignedFaces, align_faces
 from .masks import template_mask
 from .paste import match_colors, paste_faces
 from .pipeline import DetectOptions, PasteOptions, RestoreResult, detect_faces, restore_images
+from .prior import DiffusionPrior, load_prior
+from .restorers import load_restorer
+from .sampler import DenoiserPrior, Guidance, official_timesteps, restore_faces, strength_to_timestep
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlignedFaces", "CheckpointError", "DetectOptions", "FaceDetections", "PasteOptions", "RestoreResult",
+    "AlignedFaces", "CheckpointError", "DenoiserPrior", "DetectOptions", "DiffusionPrior", "FaceDetections",
+    "Guidance", "PasteOptions", "RestoreResult", "load_prior", "load_restorer", "official_timesteps",
+    "restore_faces", "strength_to_timestep",
     "align_faces", "align_matrices", "detect_faces", "estimate_similarity", "ffhq_template", "load_detector",
     "load_state_dict", "match_colors", "paste_faces", "restore_images", "select_faces", "template_mask",
     "warp_affine", "warp_faces",

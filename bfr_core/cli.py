@@ -55,17 +55,45 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _crop_restorer(args: argparse.Namespace):
+    """The crop → crop function for `restore`: backbone only, or backbone + diffusion prior."""
+    from .restorers import load_restorer
+    from .sampler import restore_faces
+
+    dtype = DTYPES[args.dtype]
+    restorer_path = None if args.restorer == "none" else model_files.resolve_model(args.restorer, args.models_dir)
+    restorer = load_restorer(restorer_path, device=args.device, dtype=dtype)
+    if args.prior is None:
+        return None if args.restorer == "none" else (lambda crops: restorer(crops.contiguous()).clamp(0, 1)), 512
+    from .prior import load_prior
+
+    prior = load_prior(model_files.resolve_model(args.prior, args.models_dir), device=args.device, dtype=dtype)
+    def progress(i: int, total: int) -> None:
+        if i == total or i % max(1, total // 10) == 0:
+            print(f"  step {i}/{total}", file=sys.stderr)
+
+    def run(crops):
+        return restore_faces(crops, prior, restorer=restorer, strength=args.strength, steps=args.steps,
+                             sampler=args.sampler, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+                             progress=progress)
+
+    return run, max(512, int(prior.sample_size))
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     detector = _detector(args)
-    if args.restorer != "none":
-        raise SystemExit(f"--restorer {args.restorer!r}: only 'none' is available in this version")
+    restore_fn, prior_size = _crop_restorer(args)
+    crop_size = args.crop_size or prior_size
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     paste = PasteOptions(mask=args.mask, color_match=args.color_match)
     for path in args.images:
         img = read_image(path)
         images = img.rgb[None].to(args.device)
-        res = restore_images(images, detector, None, _options(args), paste, crop_size=args.crop_size)
+        res = restore_images(images, detector, restore_fn, _options(args), paste, crop_size=crop_size)
         target = outdir / (Path(path).stem + ".png")
         write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
         print(f"{path}: {len(res.faces)} face(s) -> {target}")
@@ -101,8 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="detect, align, restore and paste back faces")
     _add_detect_args(p)
     p.add_argument("-o", "--output", required=True, help="output folder (files named <input stem>.png)")
-    p.add_argument("--restorer", default="none", help="face restorer ('none': crops pass through unchanged)")
-    p.add_argument("--crop-size", type=int, default=512)
+    p.add_argument("--prior", help="diffusion prior: iddpm_ffhq512_ema500000.pth, a .safetensors copy, or a "
+                                   "diffusers UNet folder (omitted: no diffusion, the restorer's output is pasted)")
+    p.add_argument("--restorer", default="none",
+                   help="restoration backbone, e.g. swinir_restoration512_L1.pth ('none': the crop itself)")
+    p.add_argument("--strength", type=float, default=0.4, help="0 = backbone only, 0.4 = DifFace (t=400), 1 = generate")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (DifFace's own setting: 100)")
+    p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default="ddim")
+    p.add_argument("--eta", type=float, default=0.5, help="DDIM noise (DifFace: 0.5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4, help="faces per UNet call")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--crop-size", type=int, default=0, help="aligned crop size (default: the prior's, 512)")
     p.add_argument("--mask", choices=("ellipse", "square"), default="ellipse")
     p.add_argument("--color-match", choices=("none", "mean_std", "lowpass"), default="none")
     p.set_defaults(func=cmd_restore)

@@ -2,6 +2,7 @@
 from .align import BFRAlignFaces, BFRPasteFaces
 from .comfy_glue import register_model_folders
 from .detect import BFRDetectFaces, BFRLoadFaceDetector
+from .restore import BFRDiffusionRestore, BFRLoadDiffusionPrior, BFRLoadRestorer, BFRRestoreFaces
 
 register_model_folders()
 
@@ -10,6 +11,10 @@ NODE_CLASS_MAPPINGS = {
     "BFRDetectFaces": BFRDetectFaces,
     "BFRAlignFaces": BFRAlignFaces,
     "BFRPasteFaces": BFRPasteFaces,
+    "BFRLoadDiffusionPrior": BFRLoadDiffusionPrior,
+    "BFRLoadRestorer": BFRLoadRestorer,
+    "BFRDiffusionRestore": BFRDiffusionRestore,
+    "BFRRestoreFaces": BFRRestoreFaces,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -17,4 +22,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "BFRDetectFaces": "BFR Detect Faces",
     "BFRAlignFaces": "BFR Align Faces",
     "BFRPasteFaces": "BFR Paste Faces",
+    "BFRLoadDiffusionPrior": "BFR Load Diffusion Prior",
+    "BFRLoadRestorer": "BFR Load Restorer",
+    "BFRDiffusionRestore": "BFR Diffusion Restore",
+    "BFRRestoreFaces": "BFR Restore Faces (all in one)",
 }

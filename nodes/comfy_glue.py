@@ -111,3 +111,51 @@ def to_bchw(image: torch.Tensor) -> torch.Tensor:
 
 def to_bhwc(image: torch.Tensor) -> torch.Tensor:
     return image.movedim(1, -1).contiguous().float().cpu()
+
+
+def module_size(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
+        b.numel() * b.element_size() for b in module.buffers())
+
+
+def load_to_device(module: torch.nn.Module, extra_bytes: int = 0) -> torch.device:
+    """Make room (ComfyUI unloads other models as needed) and move a module to ComfyUI's device.
+
+    The same pattern ComfyUI's own upscale-model node uses for non-diffusion networks.
+    """
+    device = torch_device()
+    try:
+        import comfy.model_management as mm
+
+        mm.free_memory(module_size(module) + extra_bytes, device)
+    except ImportError:
+        pass
+    module.to(device)
+    return device
+
+
+def offload(module: torch.nn.Module) -> None:
+    module.to(offload_device())
+    try:
+        import comfy.model_management as mm
+
+        mm.soft_empty_cache()
+    except ImportError:
+        pass
+
+
+class StepProgress:
+    """Adapter from the sampler's progress(done, total) to ComfyUI's bar and cancel button."""
+
+    def __init__(self) -> None:
+        try:
+            import comfy.utils
+
+            self._bar = comfy.utils.ProgressBar(1)
+        except ImportError:
+            self._bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        check_interrupted()
+        if self._bar is not None:
+            self._bar.update_absolute(done, total)

@@ -68,12 +68,19 @@ def test_ui_workflow_is_consistent(path, comfy_pack):
             assert name in link_inputs, f"{node['type']}.{name} is not a link input"
         required = [n for n, k, _, _ in inputs if _is_link_type(k)]
         assert set(required) <= {i["name"] for i in node.get("inputs", [])}, f"{node['type']} misses a link input"
-        widgets = [(n, k, o, c) for n, k, o, c in inputs if not _is_link_type(k) and k != "UPLOAD"]
+        widgets = []
+        for n, k, o, c in inputs:
+            if not _is_link_type(k) and k != "UPLOAD":
+                widgets.append((n, k, o, c))
+                if o.get("control_after_generate"):  # the frontend stores its mode right after the value
+                    widgets.append((n + ":control", "CONTROL", {}, None))
         values = node["widgets_values"]
         if node["type"] == "LoadImage":
             values = values[:1]
         assert len(values) == len(widgets), f"{node['type']}: {len(values)} widget values for {len(widgets)} widgets"
         for value, (name, kind, opts, choices) in zip(values, widgets):
+            if kind == "CONTROL":
+                assert value in ("fixed", "increment", "decrement", "randomize"), f"{node['type']}.{name}"
             if kind == "COMBO" and choices is not None and name not in ("model_name",):
                 assert value in choices, f"{node['type']}.{name}={value!r}"
             elif kind == "INT":
@@ -98,13 +105,21 @@ def test_api_workflow_matches_its_ui_twin(path, comfy_pack):
         names = {n for n, k, _, _ in inputs if k != "UPLOAD"}
         assert set(node["inputs"]) <= names, f"{node_id}: unknown inputs {set(node['inputs']) - names}"
         for name, kind, _, _ in inputs:
-            if _is_link_type(kind):
+            if _is_link_type(kind) and name in node["inputs"]:
                 src, slot = node["inputs"][name]
                 _, outs = _signature(nodes_map, api[src]["class_type"])
                 assert outs[slot] == kind, f"{node_id}.{name}: {api[src]['class_type']}[{slot}] is {outs[slot]}"
-        widget_names = [n for n, k, _, _ in inputs if not _is_link_type(k) and k != "UPLOAD"]
+        widget_names = []
+        for n, k, o, _ in inputs:
+            if not _is_link_type(k) and k != "UPLOAD":
+                widget_names.append(n)
+                if o.get("control_after_generate"):
+                    widget_names.append(None)  # the UI-only control value has no API input
         ui_values = ui_nodes[node_id]["widgets_values"]
+        assert all(n is None or n in node["inputs"] for n in widget_names), f"{node_id}: a widget is missing"
         for name, value in zip(widget_names, ui_values):
+            if name is None:
+                continue
             assert node["inputs"][name] == value, f"{node_id}.{name}: API {node['inputs'][name]!r} vs UI {value!r}"
 
 

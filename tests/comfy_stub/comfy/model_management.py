@@ -31,3 +31,10 @@ def throw_exception_if_processing_interrupted():
 
 def soft_empty_cache(force=False):
     pass
+
+
+FREED: list = []
+
+
+def free_memory(memory_required, device, keep_loaded=()):
+    FREED.append((memory_required, str(device)))

@@ -1,0 +1,142 @@
+"""Restoration backbones f for DifFace (its SwinIR, GFPGAN v1.4, RestoreFormer++, …) loaded with spandrel.
+
+`load_restorer(path)` returns a ``torch.nn.Module`` mapping RGB [0, 1] ``[B,3,H,W]`` → ``[B,3,H,W]`` in [0, 1]:
+
+* ``path`` None / ``"none"`` → `IdentityRestorer` (DifFace with f = identity).
+* anything else is read by `bfr_core.checkpoint.load_state_dict` (safetensors or ``torch.load(weights_only=True)``,
+  wrappers such as ``{'state_dict': …}`` / ``params_ema`` and DataParallel ``module.`` prefixes removed — DifFace's
+  ``swinir_restoration512_L1.pth`` is ``{'state_dict': {'module.…'}}``), then handed to
+  ``spandrel.ModelLoader().load_from_state_dict``, which detects the architecture from the keys (DifFace's SwinIR
+  with its 8× pixel-unshuffle input, ``conv_first.1.*``, is spandrel's SwinIR with ``start_unshuffle=8``, scale 1).
+  spandrel never unpickles anything itself here.
+
+The wrapper (`SpandrelRestorer`) makes inputs ``.contiguous()`` (ComfyUI's ``movedim`` views crash ``view()``-using
+nets), casts to the model's device/dtype, meets the architecture's size requirements by *resizing* (antialiased
+bicubic; e.g. GFPGAN needs ≥ 512 — zero/reflect padding a small face would put it in a corner) and resizes the
+output back to the input's H×W when the model upscales or the input was resized. Output: float, clamped to
+[0, 1], on the input's device and dtype.
+
+Errors: unreadable/missing file → `CheckpointError` (from bfr_core.checkpoint); readable but not an
+architecture spandrel knows as an image-to-image RGB model → `CheckpointError` naming the file and what was
+expected; spandrel not installed → ``ImportError`` saying how to get it (ComfyUI ships it; it is optional for
+the CLI).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checkpoint import CheckpointError, load_state_dict, wrong_kind_error
+
+EXPECTED_KIND = ("face-restoration backbone spandrel can load (DifFace SwinIR swinir_restoration512_L1.pth, "
+                 "GFPGAN v1.4, RestoreFormer++, …)")
+
+
+def _import_spandrel():
+    try:
+        import spandrel
+    except ImportError as exc:
+        raise ImportError(
+            "loading a restoration backbone needs the 'spandrel' package: ComfyUI installs it; for the CLI run "
+            "`pip install spandrel` (use restorer 'none' to run DifFace without a backbone)."
+        ) from exc
+    return spandrel
+
+
+class IdentityRestorer(torch.nn.Module):
+    """f(y) = y (clamped to [0, 1])."""
+
+    architecture = "identity"
+    scale = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.clamp(0, 1)
+
+
+def _valid_size(h: int, w: int, req) -> tuple[int, int]:
+    """Smallest (h, w) ≥ the input meeting spandrel's SizeRequirements (minimum, multiple_of, square)."""
+    pad_w, pad_h = req.get_padding(w, h)
+    return h + pad_h, w + pad_w
+
+
+def _resize(x: Tensor, hw: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    return F.interpolate(x, size=tuple(hw), mode="bicubic", antialias=True, align_corners=False)
+
+
+class SpandrelRestorer(torch.nn.Module):
+    """A spandrel ``ImageModelDescriptor`` as an RGB [0,1] → RGB [0,1] module of the input's size."""
+
+    def __init__(self, descriptor, path: str | os.PathLike | None = None):
+        super().__init__()
+        self.descriptor = descriptor
+        self.model = descriptor.model  # registered so .to()/.parameters() reach the weights
+        self.path = None if path is None else str(path)
+        self.architecture = descriptor.architecture.id
+        self.scale = int(descriptor.scale)
+        self.size_requirements = descriptor.size_requirements
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.architecture} restorer expects [B, 3, H, W] RGB, got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        p = next(self.model.parameters())
+        inp = x.to(device=p.device, dtype=torch.float32).clamp(0, 1)
+        th, tw = _valid_size(h, w, self.size_requirements)
+        inp = _resize(inp, (th, tw)).clamp(0, 1).to(p.dtype).contiguous()
+        out = self.descriptor(inp)  # runs under torch.inference_mode, clamps to [0, 1]
+        out = out.float().clone()  # a normal tensor again, usable outside inference mode
+        out = _resize(out, (h, w))
+        return out.clamp_(0, 1).to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+
+
+def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Backbone f for DifFace: identity for None/"none", otherwise the spandrel model in ``path`` (see module doc).
+
+    ``dtype`` the model does not support (spandrel's ``supports_half``/``supports_bfloat16``; DifFace's SwinIR has
+    no fp16) falls back to float32 with a warning. The module is in eval mode with gradients off.
+    """
+    if path is None or (isinstance(path, str) and path.strip().lower() in ("", "none")):
+        return IdentityRestorer()
+    spandrel = _import_spandrel()
+    sd = load_state_dict(path)
+    try:
+        descriptor = spandrel.ModelLoader().load_from_state_dict(dict(sd))
+    except spandrel.UnsupportedModelError:
+        raise wrong_kind_error(
+            path, EXPECTED_KIND, sd,
+            hint="CodeFormer needs the spandrel_extra_arches package (ComfyUI installs it).",
+        ) from None
+    except Exception as exc:  # detected an architecture but the keys/shapes did not fit it
+        raise CheckpointError(
+            f"{path}: spandrel could not build a model from it ({type(exc).__name__}: {exc}); expected a {EXPECTED_KIND}"
+        ) from exc
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise CheckpointError(
+            f"{path} is a {descriptor.architecture.name} model ({type(descriptor).__name__}), not an image-to-image "
+            f"restorer; expected a {EXPECTED_KIND}"
+        )
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise CheckpointError(
+            f"{path} is a {descriptor.architecture.name} model with {descriptor.input_channels} input / "
+            f"{descriptor.output_channels} output channels; expected an RGB {EXPECTED_KIND}"
+        )
+    if (dtype == torch.float16 and not descriptor.supports_half) or (
+        dtype == torch.bfloat16 and not descriptor.supports_bfloat16
+    ):
+        warnings.warn(f"{descriptor.architecture.name} does not support {dtype}; running it in float32", stacklevel=2)
+        dtype = torch.float32
+    descriptor.to(torch.device(device), dtype)
+    descriptor.model.eval()
+    for p in descriptor.model.parameters():
+        p.requires_grad_(False)
+    return SpandrelRestorer(descriptor, path)
+
+
+__all__ = ["EXPECTED_KIND", "IdentityRestorer", "SpandrelRestorer", "load_restorer"]

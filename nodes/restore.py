@@ -1,0 +1,189 @@
+"""Diffusion-prior restoration nodes: prior and backbone loaders, crop restore, all-in-one."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..bfr_core.detection import SELECT_MODES
+from ..bfr_core.faces import align_faces
+from ..bfr_core.paste import COLOR_MATCH_MODES, paste_faces
+from ..bfr_core.pipeline import DetectOptions, PasteOptions, crop_masks, detect_faces, merge_alpha, split_alpha
+from ..bfr_core.prior import load_prior
+from ..bfr_core.restorers import load_restorer
+from ..bfr_core.sampler import DEFAULT_STRENGTH, SAMPLERS, restore_faces
+from .comfy_glue import (Progress, StepProgress, list_models, load_to_device, log, model_path, offload, to_bchw,
+                         to_bhwc, torch_device)
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+DEFAULT_STEPS = 20
+CATEGORY = "face restore/BFR"
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """auto: half precision where the device runs it fast (bf16 if supported, else fp16), fp32 on CPU."""
+    if name == "auto":
+        device = torch_device()
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _prior_path(name: str) -> str:
+    """A file of a diffusers UNet folder stands for the folder (config.json beside it)."""
+    path = model_path("facerestore_models", name)
+    folder = os.path.dirname(path)
+    if os.path.basename(path).startswith("diffusion_pytorch_model") and os.path.isfile(os.path.join(folder, "config.json")):
+        return folder
+    return path
+
+
+class BFRLoadDiffusionPrior:
+    DESCRIPTION = ("Loads a face diffusion prior from ComfyUI/models/facerestore_models: DifFace's "
+                   "iddpm_ffhq512_ema500000.pth (as released, or converted to .safetensors), or a diffusers "
+                   "UNet2DModel folder (pick its diffusion_pytorch_model file).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("BFR_PRIOR",)
+    RETURN_NAMES = ("prior",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = list_models("facerestore_models", WEIGHT_SUFFIXES) or ["iddpm_ffhq512_ema500000.pth"]
+        return {"required": {
+            "model_name": (files, {"tooltip": "The prior's weights in ComfyUI/models/facerestore_models."}),
+            "dtype": (list(DTYPES), {"default": "auto",
+                                     "tooltip": "Weights precision. auto: bf16/fp16 on a GPU, fp32 on the CPU."}),
+        }}
+
+    def load(self, model_name, dtype):
+        return (load_prior(_prior_path(model_name), device="cpu", dtype=resolve_dtype(dtype)),)
+
+
+class BFRLoadRestorer:
+    DESCRIPTION = ("Loads the restoration backbone whose estimate the prior refines: DifFace's "
+                   "swinir_restoration512_L1.pth, or GFPGAN v1.4 / RestoreFormer++ files you already have "
+                   "(loaded through spandrel). 'none' uses the low-quality crop itself.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("BFR_RESTORER",)
+    RETURN_NAMES = ("restorer",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (["none"] + list_models("facerestore_models", WEIGHT_SUFFIXES),
+                           {"tooltip": "Backbone weights in ComfyUI/models/facerestore_models, or none."}),
+            "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weights precision (falls back to fp32 for "
+                                                                   "models without half-precision support)."}),
+        }}
+
+    def load(self, model_name, dtype):
+        if model_name == "none":
+            return (load_restorer(None),)
+        return (load_restorer(model_path("facerestore_models", model_name), device="cpu", dtype=resolve_dtype(dtype)),)
+
+
+def _sampling_inputs():
+    return {
+        "strength": ("FLOAT", {"default": DEFAULT_STRENGTH, "min": 0.0, "max": 1.0, "step": 0.01,
+                               "tooltip": "How much the prior re-generates: 0 returns the backbone's estimate, "
+                                          "0.4 is DifFace's setting (t=400); higher is more realistic, less "
+                                          "faithful."}),
+        "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 1000,
+                          "tooltip": "Denoising steps from the start point to the clean face. DifFace's own "
+                                     "setting is 100 DDIM steps; 20 is close in quality and 5x faster."}),
+        "sampler": (list(SAMPLERS), {"default": "ddim", "tooltip": "DDIM (DifFace's sampler) or DPM-Solver++ "
+                                                                   "(deterministic, good at few steps)."}),
+        "eta": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                          "tooltip": "DDIM noise per step (DifFace: 0.5); ignored by DPM-Solver++."}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
+                         "tooltip": "Noise seed; face i uses seed + i, so a face's result does not depend on "
+                                    "the batch."}),
+        "batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
+                               "tooltip": "Faces per UNet call; halves itself automatically on out-of-memory."}),
+    }
+
+
+def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, sampler, eta, seed, batch_size):
+    """restore_faces with ComfyUI's device, memory, progress and cancel handling."""
+    modules = [prior.model] + ([restorer] if isinstance(restorer, torch.nn.Module) else [])
+    device = None
+    try:
+        for m in modules:
+            device = load_to_device(m, extra_bytes=batch_size * 512 * 512 * 4 * 64)
+        out = restore_faces(crops_bchw.to(device), prior, restorer=restorer, strength=strength, steps=steps,
+                            sampler=sampler, eta=eta, seed=seed, batch_size=batch_size, progress=StepProgress())
+    finally:
+        for m in modules:
+            offload(m)
+    return out
+
+
+class BFRDiffusionRestore:
+    DESCRIPTION = ("Restores aligned face crops with a diffusion prior (DifFace): the backbone's estimate is "
+                   "noised to an intermediate step set by 'strength' and denoised by the prior. All faces of all "
+                   "images run batched.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("crops",)
+    OUTPUT_TOOLTIPS = ("Restored crops, same order and size as the input.",)
+    FUNCTION = "restore"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "crops": ("IMAGE", {"tooltip": "Aligned face crops from BFR Align Faces."}),
+            "prior": ("BFR_PRIOR", {"tooltip": "From BFR Load Diffusion Prior."}),
+            **_sampling_inputs(),
+        }, "optional": {
+            "restorer": ("BFR_RESTORER", {"tooltip": "Backbone from BFR Load Restorer; unconnected = none."}),
+        }}
+
+    def restore(self, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None):
+        rgb, _ = split_alpha(to_bchw(crops))
+        out = run_restore(rgb, prior, restorer, strength, steps, sampler, eta, seed, batch_size)
+        return (to_bhwc(out),)
+
+
+class BFRRestoreFaces:
+    DESCRIPTION = ("All in one: detect every face, align, restore with the diffusion prior, paste back. "
+                   "Outputs the image and the mask of restored faces. Images without faces pass through.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "mask")
+    FUNCTION = "restore"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        sampling = _sampling_inputs()
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Images to restore (any batch size)."}),
+            "detector": ("BFR_DETECTOR", {"tooltip": "From BFR Load Face Detector."}),
+            "prior": ("BFR_PRIOR", {"tooltip": "From BFR Load Diffusion Prior."}),
+            "strength": sampling["strength"],
+            "steps": sampling["steps"],
+            "seed": sampling["seed"],
+            "select": (list(SELECT_MODES[:3]), {"default": "all", "tooltip": "Restore all faces, the largest, or "
+                                                                             "the one closest to the centre."}),
+            "color_match": (list(COLOR_MATCH_MODES), {"default": "lowpass",
+                                                      "tooltip": "Keep the original's colours/tones (lowpass "
+                                                                 "keeps the restored detail)."}),
+        }, "optional": {
+            "restorer": ("BFR_RESTORER", {"tooltip": "Backbone from BFR Load Restorer; unconnected = none."}),
+        }}
+
+    def restore(self, image, detector, prior, strength, steps, seed, select, color_match, restorer=None):
+        images = to_bchw(image)
+        rgb, alpha = split_alpha(images)
+        dets = detect_faces(detector, rgb, DetectOptions(select=select), progress=Progress(rgb.shape[0]))
+        crops, faces = align_faces(rgb, dets, prior.sample_size if prior.sample_size >= 256 else 512)
+        if len(faces) == 0:
+            log.info("BFR Restore Faces: no faces found; images returned unchanged")
+            return (image, torch.zeros(image.shape[:3]))
+        restored = run_restore(crops, prior, restorer, strength, steps, "ddim", 0.5, seed, 4).cpu()
+        masks = crop_masks(restored, PasteOptions(color_match=color_match))
+        out, coverage = paste_faces(rgb, restored, faces, masks, color_match)
+        return (to_bhwc(merge_alpha(out, alpha, images.shape[1])), coverage.float().cpu())

@@ -1,0 +1,83 @@
+"""Restore nodes (prior/restorer loaders, crop restore, all-in-one) through the ComfyUI stand-ins."""
+import pytest
+import torch
+
+from bfr_core.prior import IDDPMUNet
+from bfr_core.prior.iddpm_unet import TINY_CONFIG
+from conftest import load_rgb, shared_path
+
+
+@pytest.fixture
+def models_dir(tmp_path, comfy_pack):
+    """A facerestore_models folder with a tiny DifFace-layout prior (official key layout, `module.`)."""
+    import folder_paths
+
+    torch.manual_seed(0)
+    unet = IDDPMUNet(TINY_CONFIG)
+    torch.save({"module." + k: v for k, v in unet.state_dict().items()}, tmp_path / "tiny_iddpm.pth")
+    folder_paths.folder_names_and_paths["facerestore_models"] = ([str(tmp_path)], {".pth", ".safetensors"})
+    yunet = shared_path("models/face_detection_yunet_2023mar.onnx")
+    folder_paths.folder_names_and_paths["facedetection"] = ([str(yunet.parent)], {".onnx"})
+    return tmp_path
+
+
+def _nodes(comfy_pack):
+    return comfy_pack.NODE_CLASS_MAPPINGS
+
+
+def test_loaders_list_and_load(comfy_pack, models_dir):
+    nodes = _nodes(comfy_pack)
+    choices = nodes["BFRLoadDiffusionPrior"].INPUT_TYPES()["required"]["model_name"][0]
+    assert "tiny_iddpm.pth" in choices
+    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "auto")[0]
+    assert prior.sample_size == TINY_CONFIG.image_size and prior.dtype == torch.float32
+    assert nodes["BFRLoadRestorer"].INPUT_TYPES()["required"]["model_name"][0][0] == "none"
+    identity = nodes["BFRLoadRestorer"]().load("none", "auto")[0]
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(identity(x), x)
+    with pytest.raises(Exception, match="missing.pth"):
+        nodes["BFRLoadDiffusionPrior"]().load("missing.pth", "auto")
+
+
+def test_diffusion_restore_node(comfy_pack, models_dir):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    nodes = _nodes(comfy_pack)
+    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    crops = torch.rand(3, 64, 64, 3)
+    comfy.utils.UPDATES.clear()
+    mm.FREED.clear()
+    (out,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 4, "ddim", 0.5, 5, 2)
+    assert out.shape == crops.shape and out.dtype == torch.float32 and out.device.type == "cpu"
+    assert 0 <= float(out.min()) and float(out.max()) <= 1 and not torch.equal(out, crops)
+    assert comfy.utils.UPDATES[-1] == (8, 8)  # 4 steps x 2 chunks, reported to the progress bar
+    assert mm.FREED, "memory was not requested from ComfyUI before loading the prior"
+    # Per-face seeds: face 1 of the batch equals face 0 restored alone with seed + 1.
+    (alone,) = nodes["BFRDiffusionRestore"]().restore(crops[1:2], prior, 0.3, 4, "ddim", 0.5, 6, 2)
+    torch.testing.assert_close(alone, out[1:2], atol=1e-5, rtol=0)
+    (same,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.0, 4, "ddim", 0.5, 5, 2)
+    assert torch.allclose(same, crops, atol=1e-6)  # strength 0 without a backbone: crops unchanged
+
+
+def test_diffusion_restore_can_be_cancelled(comfy_pack, models_dir):
+    import comfy.model_management as mm
+
+    nodes = _nodes(comfy_pack)
+    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    mm.INTERRUPT["flag"] = True
+    with pytest.raises(mm.InterruptProcessingException):
+        nodes["BFRDiffusionRestore"]().restore(torch.rand(2, 32, 32, 3), prior, 0.4, 50, "ddim", 0.5, 0, 1)
+
+
+def test_all_in_one_node(comfy_pack, models_dir):
+    nodes = _nodes(comfy_pack)
+    detector = nodes["BFRLoadFaceDetector"]().load("face_detection_yunet_2023mar.onnx")[0]
+    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    photo = load_rgb(shared_path("images/whole/gfpgan_Blake_Lively.jpg")).movedim(1, -1)
+    batch = torch.cat([photo, torch.full_like(photo, 0.5)])
+    out, mask = nodes["BFRRestoreFaces"]().restore(batch, detector, prior, 0.1, 2, 0, "largest", "lowpass")
+    assert out.shape == batch.shape and mask.shape == batch.shape[:3]
+    assert mask[0].max() > 0.99 and not mask[1].any() and torch.equal(out[1], batch[1])
+    changed = (out[0] - batch[0]).abs().amax(-1) > 1e-3
+    assert changed.any() and not changed[mask[0] == 0].any()
