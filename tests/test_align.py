@@ -91,3 +91,17 @@ def test_strong_minification_does_not_alias():
     crop = warp_faces(board, torch.tensor([0]), m, 96)
     assert abs(float(crop.mean()) - 0.5) < 0.02
     assert float(crop[..., 4:-4, 4:-4].std()) < 0.02
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_opencv_and_torch_backends_cut_the_same_crops(mode):
+    # A smooth image (sums of low-frequency waves), faces at scales from 0.3x to 4x the crop.
+    yy, xx = torch.meshgrid(torch.arange(600.0), torch.arange(800.0), indexing="ij")
+    img = torch.stack([0.5 + 0.4 * torch.sin(xx / 23 + c) * torch.cos(yy / 31 - c) for c in (0.0, 1.0, 2.0)])[None]
+    ms = torch.tensor(np.stack([_similarity(0.2, 4.0, -900, -700), _similarity(-0.1, 1.0, -100, -50),
+                                _similarity(0.0, 0.3, -10, -20), _similarity(0.5, 2.0, 100, -600)]), dtype=torch.float32)
+    index = torch.zeros(4, dtype=torch.long)
+    cv = warp_faces(img, index, ms, 128, mode=mode, backend="opencv")
+    th = warp_faces(img, index, ms, 128, mode=mode, backend="torch")
+    assert float((cv - th).abs().mean()) < 2e-3
+    assert float((cv - th)[..., 8:-8, 8:-8].abs().max()) < 3e-2

@@ -111,3 +111,22 @@ def test_comfyui_models_folder_is_found(tmp_path):
     pack.mkdir(parents=True)
     (tmp_path / "ComfyUI" / "models").mkdir()
     assert model_files.comfy_models_dir(pack / "model_files.py") == tmp_path / "ComfyUI" / "models"
+
+
+def test_restore_with_a_diffusion_prior(tmp_path, yunet_path, capsys):
+    """The whole CLI path with the tiny trained diffusers prior from ../shared/data."""
+    prior = shared_path("models/tiny_ddpm_lfw32")
+    src = shared_path("images/whole/gfpgan_10045.png")
+    rc = main(["restore", str(src), "-o", str(tmp_path), "--detector", str(yunet_path), "--prior", str(prior),
+               "--strength", "0.2", "--steps", "3", "--seed", "1"])
+    assert rc == 0
+    out = cv2.imread(str(tmp_path / "gfpgan_10045.png"))
+    ref = cv2.imread(str(src))
+    assert out.shape == ref.shape
+    diff = np.abs(out.astype(int) - ref.astype(int))
+    assert diff.max() > 10  # the faces were re-generated ...
+    assert (diff.max(axis=2) > 0).mean() < 0.5  # ... and only the faces
+    assert "step 3/" in capsys.readouterr().err
+    rc = main(["restore", str(src), "-o", str(tmp_path / "bad"), "--detector", str(yunet_path),
+               "--prior", str(tmp_path / "nope.pth")])
+    assert rc == 2 and "nope.pth" in capsys.readouterr().err

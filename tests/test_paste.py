@@ -89,3 +89,13 @@ def test_no_faces_and_bad_counts():
         paste_faces(img, torch.cat([crops, crops]), faces)
     with pytest.raises(ValueError, match="aligned from 2 images"):
         paste_faces(img[:1], crops, faces)
+
+
+def test_opencv_and_torch_backends_paste_alike(yunet):
+    img = load_rgb(shared_path("images/whole/gfpgan_10045.png"))
+    crops, faces = align_faces(img, yunet.detect(img, 0.6))
+    restored = (crops * 0.8 + 0.1).contiguous()
+    out_cv, cov_cv = paste_faces(img, restored, faces, backend="opencv")
+    out_th, cov_th = paste_faces(img, restored, faces, backend="torch")
+    assert psnr(out_cv, out_th) > 40
+    assert float((cov_cv - cov_th).abs().mean()) < 2e-3
