@@ -8,11 +8,14 @@ Main entry points:
     restore_images(images, detector, ...)  the whole pipeline
     load_prior(path) / load_restorer(path) the DifFace prior and backbone (or diffusers / spandrel models)
     restore_faces(crops, prior, ...)       DifFace restoration of aligned crops (batched, seeded per face)
+    load_recognizer(path)                  ArcFace recognizer (insightface ONNX / arcface_torch / facexlib)
+    IdentityGuidance(recognizer, ...)      masked identity guidance: restore_faces(..., guidance=...)
 """
 from .align import align_matrices, estimate_similarity, ffhq_template, warp_affine, warp_faces
 from .checkpoint import CheckpointError, load_state_dict
 from .detection import FaceDetections, load_detector, select_faces
 from .faces import AlignedFaces, align_faces
+from .identity import IdentityGuidance, cosine_distance, load_recognizer
 from .masks import template_mask
 from .paste import match_colors, paste_faces
 from .pipeline import DetectOptions, PasteOptions, RestoreResult, detect_faces, restore_images
@@ -24,7 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlignedFaces", "CheckpointError", "DenoiserPrior", "DetectOptions", "DiffusionPrior", "FaceDetections",
-    "Guidance", "PasteOptions", "RestoreResult", "load_prior", "load_restorer", "official_timesteps",
+    "Guidance", "IdentityGuidance", "PasteOptions", "cosine_distance", "load_recognizer", "RestoreResult", "load_prior", "load_restorer", "official_timesteps",
     "restore_faces", "strength_to_timestep",
     "align_faces", "align_matrices", "detect_faces", "estimate_similarity", "ffhq_template", "load_detector",
     "load_state_dict", "match_colors", "paste_faces", "restore_images", "select_faces", "template_mask",

@@ -104,7 +104,7 @@ def warp_affine(images: Tensor, m: Tensor, out_hw: tuple[int, int], border: str 
                          align_corners=False)
 
 
-def _h(m: Tensor) -> Tensor:
+def homogeneous(m: Tensor) -> Tensor:
     """[..., 2, 3] affine → [..., 3, 3] homogeneous matrix."""
     bottom = torch.zeros(*m.shape[:-2], 1, 3, dtype=m.dtype, device=m.device)
     bottom[..., 0, 2] = 1
@@ -236,8 +236,8 @@ def warp_faces(images: Tensor, image_index: Tensor, affines: Tensor, crop_size: 
         region, old_to_new = shrink_antialiased(images[b:b + 1, :, y0:y1, x0:x1], 2 * s)
         shift = torch.tensor([[1.0, 0, -x0], [0, 1.0, -y0]], dtype=torch.float64, device=images.device)
         # image → region → shrunk region; the crop map then starts from shrunk-region pixels.
-        to_small = _h(old_to_new) @ _h(shift)
-        m = (_h(affines[i].double()) @ torch.linalg.inv(to_small))[:2]
+        to_small = homogeneous(old_to_new) @ homogeneous(shift)
+        m = (homogeneous(affines[i].double()) @ torch.linalg.inv(to_small))[:2]
         out[i] = warp_affine(region, m[None].float(), (crop_size, crop_size), border, mode=mode)[0]
     for b, idx in groups.items():
         out[idx] = warp_affine(images[b:b + 1].expand(len(idx), -1, -1, -1), affines[idx],

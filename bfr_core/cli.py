@@ -67,20 +67,60 @@ def _crop_restorer(args: argparse.Namespace):
     restorer_path = None if args.restorer == "none" else model_files.resolve_model(args.restorer, args.models_dir)
     restorer = load_restorer(restorer_path, device=args.device, dtype=dtype)
     if args.prior is None:
+        if args.recognizer:
+            raise SystemExit("--recognizer (identity guidance) needs --prior")
         return None if args.restorer == "none" else (lambda crops: restorer(crops.contiguous()).clamp(0, 1)), 512
     from .prior import load_prior
 
     prior = load_prior(model_files.resolve_model(args.prior, args.models_dir), device=args.device, dtype=dtype)
+    recognizer = reference = None
+    if args.recognizer:
+        from .identity import load_recognizer
+
+        recognizer = load_recognizer(model_files.resolve_model(args.recognizer, args.models_dir), device=args.device)
+        if args.reference:
+            reference = torch.cat([_largest_face(recognizer, path, args) for path in args.reference])
     def progress(i: int, total: int) -> None:
         if i == total or i % max(1, total // 10) == 0:
             print(f"  step {i}/{total}", file=sys.stderr)
 
     def run(crops):
-        return restore_faces(crops, prior, restorer=restorer, strength=args.strength, steps=args.steps,
+        f, guidance = restorer, None
+        if recognizer is not None:
+            from .identity.guidance import IdentityGuidance
+
+            crops, f = restorer(crops.contiguous()).clamp(0, 1), None  # the estimate is also the blind target
+            guidance = IdentityGuidance(recognizer, strength=args.identity_strength, reference=reference,
+                                        alphas_cumprod=prior.alphas_cumprod)
+            if reference is None:
+                guidance.prepare(crops)
+        return restore_faces(crops, prior, restorer=f, strength=args.strength, steps=args.steps,
                              sampler=args.sampler, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                             progress=progress)
+                             guidance=guidance, progress=progress)
 
     return run, max(512, int(prior.sample_size))
+
+
+def _largest_face(recognizer, path: str, args: argparse.Namespace) -> torch.Tensor:
+    """Embedding [1, D] of the largest face in an image file (or of the image itself with --aligned)."""
+    from .faces import align_faces
+
+    rgb = read_image(path).rgb[None].to(args.device)
+    if not getattr(args, "aligned", False):
+        dets = detect_faces(_detector(args), rgb, DetectOptions(score_threshold=args.threshold, select="largest"))
+        if len(dets[0]) == 0:
+            raise ValueError(f"no face found in {path}; pass a photo with a visible face (or --aligned crops)")
+        rgb, _ = align_faces(rgb, dets, 512)
+    return recognizer.embed(rgb.contiguous())
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from .identity import load_recognizer
+
+    recognizer = load_recognizer(model_files.resolve_model(args.recognizer, args.models_dir), device=args.device)
+    a, b = _largest_face(recognizer, args.a, args), _largest_face(recognizer, args.b, args)
+    print(f"{float((a * b).sum()):.4f}")
+    return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -141,9 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="faces per UNet call")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--crop-size", type=int, default=0, help="aligned crop size (default: the prior's, 512)")
+    p.add_argument("--recognizer", help="face recognizer for identity guidance (glintr100.onnx, backbone.pth, "
+                                        "recognition_arcface_ir_se50.pth)")
+    p.add_argument("--identity-strength", type=float, default=1.0, help="identity guidance strength (0 = off)")
+    p.add_argument("--reference", nargs="+", help="photos of the person: guide toward their identity "
+                                                 "(default: the input's own identity)")
     p.add_argument("--mask", choices=("ellipse", "square"), default="ellipse")
     p.add_argument("--color-match", choices=("none", "mean_std", "lowpass"), default="none")
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("similarity", help="cosine similarity of the largest faces in two images")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--recognizer", required=True, help="recognizer file (see restore --recognizer)")
+    p.add_argument("--aligned", action="store_true", help="the images are already aligned face crops")
+    p.add_argument("--detector", default="yunet")
+    p.add_argument("--threshold", type=float, default=0.6)
+    p.add_argument("--models-dir")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_similarity)
     p = sub.add_parser("models", help="list known model files and whether they are found")
     p.add_argument("--models-dir")
     p.set_defaults(func=cmd_models)
@@ -160,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: identity guidance re-enables gradients per step
             return args.func(args)
     except (CheckpointError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

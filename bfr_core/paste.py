@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .align import (_h, _sampling_grid, _scale_map, alignment_scale, image_boxes_of_crops, shrink_antialiased,
-                    use_opencv, warp_faces)
+from .align import (_sampling_grid, _scale_map, alignment_scale, homogeneous, image_boxes_of_crops,
+                    shrink_antialiased, use_opencv, warp_faces)
 from .faces import AlignedFaces
 from .masks import gaussian_blur, template_mask
 
@@ -138,7 +138,7 @@ class _FaceSampler:
         src = torch.cat([self.crops[i], self.masks[i][None]], 0)[None]
         if scale > 2:
             src, old_to_new = shrink_antialiased(src, 2 / scale)
-            m = (_h(old_to_new) @ _h(m))[:2]
+            m = (homogeneous(old_to_new) @ homogeneous(m))[:2]
         m = m.to(src.device, torch.float32)[None]
         grid = _sampling_grid(m, (y1 - y0, x1 - x0), src.shape[-2:])
         t = torch.nn.functional.grid_sample(src, grid.to(src.dtype), mode="bicubic", padding_mode="zeros",

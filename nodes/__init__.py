@@ -2,6 +2,7 @@
 from .align import BFRAlignFaces, BFRPasteFaces
 from .comfy_glue import register_model_folders
 from .detect import BFRDetectFaces, BFRLoadFaceDetector
+from .identity import BFRFaceSimilarity, BFRIdentityGuidance, BFRLoadFaceRecognizer
 from .restore import BFRDiffusionRestore, BFRLoadDiffusionPrior, BFRLoadRestorer, BFRRestoreFaces
 
 register_model_folders()
@@ -15,6 +16,9 @@ NODE_CLASS_MAPPINGS = {
     "BFRLoadRestorer": BFRLoadRestorer,
     "BFRDiffusionRestore": BFRDiffusionRestore,
     "BFRRestoreFaces": BFRRestoreFaces,
+    "BFRLoadFaceRecognizer": BFRLoadFaceRecognizer,
+    "BFRIdentityGuidance": BFRIdentityGuidance,
+    "BFRFaceSimilarity": BFRFaceSimilarity,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -26,4 +30,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "BFRLoadRestorer": "BFR Load Restorer",
     "BFRDiffusionRestore": "BFR Diffusion Restore",
     "BFRRestoreFaces": "BFR Restore Faces (all in one)",
+    "BFRLoadFaceRecognizer": "BFR Load Face Recognizer",
+    "BFRIdentityGuidance": "BFR Identity Guidance",
+    "BFRFaceSimilarity": "BFR Face Similarity",
 }

@@ -13,6 +13,7 @@ log = logging.getLogger("bfr_nodes")
 MODEL_FOLDERS = {
     "facedetection": {".onnx", ".pth", ".pt", ".safetensors"},
     "facerestore_models": {".pth", ".pt", ".safetensors", ".ckpt", ".bin"},
+    "insightface": {".onnx", ".pth", ".pt", ".safetensors"},
 }
 
 

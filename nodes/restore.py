@@ -107,15 +107,31 @@ def _sampling_inputs():
     }
 
 
-def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, sampler, eta, seed, batch_size):
-    """restore_faces with ComfyUI's device, memory, progress and cancel handling."""
+def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, sampler, eta, seed, batch_size,
+                guidance=None):
+    """restore_faces with ComfyUI's device, memory, progress and cancel handling.
+
+    With identity guidance the backbone runs once up front: its estimates are both the blind identity
+    target and the sampler's input (restore_faces(f(y), restorer=None) ≡ restore_faces(y, restorer=f)).
+    """
     modules = [prior.model] + ([restorer] if isinstance(restorer, torch.nn.Module) else [])
+    if guidance is not None:
+        modules.append(guidance.recognizer.model)
     device = None
     try:
         for m in modules:
             device = load_to_device(m, extra_bytes=batch_size * 512 * 512 * 4 * 64)
-        out = restore_faces(crops_bchw.to(device), prior, restorer=restorer, strength=strength, steps=steps,
-                            sampler=sampler, eta=eta, seed=seed, batch_size=batch_size, progress=StepProgress())
+        crops = crops_bchw.to(device)
+        hook = None
+        if guidance is not None:
+            with torch.no_grad():
+                if restorer is not None:
+                    crops = torch.cat([restorer(crops[i:i + batch_size].contiguous()).clamp(0, 1)
+                                       for i in range(0, crops.shape[0], batch_size)])
+            restorer = None
+            hook = guidance.build(crops, prior.alphas_cumprod)
+        out = restore_faces(crops, prior, restorer=restorer, strength=strength, steps=steps, sampler=sampler,
+                            eta=eta, seed=seed, guidance=hook, batch_size=batch_size, progress=StepProgress())
     finally:
         for m in modules:
             offload(m)
@@ -140,11 +156,12 @@ class BFRDiffusionRestore:
             **_sampling_inputs(),
         }, "optional": {
             "restorer": ("BFR_RESTORER", {"tooltip": "Backbone from BFR Load Restorer; unconnected = none."}),
+            "guidance": ("BFR_GUIDANCE", {"tooltip": "Identity guidance from BFR Identity Guidance (optional)."}),
         }}
 
-    def restore(self, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None):
+    def restore(self, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None, guidance=None):
         rgb, _ = split_alpha(to_bchw(crops))
-        out = run_restore(rgb, prior, restorer, strength, steps, sampler, eta, seed, batch_size)
+        out = run_restore(rgb, prior, restorer, strength, steps, sampler, eta, seed, batch_size, guidance)
         return (to_bhwc(out),)
 
 
@@ -173,9 +190,11 @@ class BFRRestoreFaces:
                                                                  "keeps the restored detail)."}),
         }, "optional": {
             "restorer": ("BFR_RESTORER", {"tooltip": "Backbone from BFR Load Restorer; unconnected = none."}),
+            "guidance": ("BFR_GUIDANCE", {"tooltip": "Identity guidance from BFR Identity Guidance (optional)."}),
         }}
 
-    def restore(self, image, detector, prior, strength, steps, seed, select, color_match, restorer=None):
+    def restore(self, image, detector, prior, strength, steps, seed, select, color_match, restorer=None,
+                guidance=None):
         images = to_bchw(image)
         rgb, alpha = split_alpha(images)
         dets = detect_faces(detector, rgb, DetectOptions(select=select), progress=Progress(rgb.shape[0]))
@@ -183,7 +202,7 @@ class BFRRestoreFaces:
         if len(faces) == 0:
             log.info("BFR Restore Faces: no faces found; images returned unchanged")
             return (image, torch.zeros(image.shape[:3]))
-        restored = run_restore(crops, prior, restorer, strength, steps, "ddim", 0.5, seed, 4).cpu()
+        restored = run_restore(crops, prior, restorer, strength, steps, "ddim", 0.5, seed, 4, guidance).cpu()
         masks = crop_masks(restored, PasteOptions(color_match=color_match))
         out, coverage = paste_faces(rgb, restored, faces, masks, color_match)
         return (to_bhwc(merge_alpha(out, alpha, images.shape[1])), coverage.float().cpu())

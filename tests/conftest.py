@@ -61,3 +61,13 @@ def comfy_pack():
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def faces64():
+    """The 4 aligned test faces and their mirrors at 64 px [8, 3, 64, 64]: the analytic prior's data."""
+    from analytic_prior import load_face_set
+
+    paths = sorted(shared_path("images/aligned512").glob("*.png"))
+    assert len(paths) == 4, paths
+    return load_face_set(paths, 64, flips=True)

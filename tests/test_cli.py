@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from bfr_core import model_files
 from bfr_core.cli import main
@@ -130,3 +131,24 @@ def test_restore_with_a_diffusion_prior(tmp_path, yunet_path, capsys):
     rc = main(["restore", str(src), "-o", str(tmp_path / "bad"), "--detector", str(yunet_path),
                "--prior", str(tmp_path / "nope.pth")])
     assert rc == 2 and "nope.pth" in capsys.readouterr().err
+
+
+def test_similarity_and_guided_restore(tmp_path, yunet_path, capsys):
+    from bfr_core.identity import IRESNET_LAYERS, IResNet
+
+    torch.manual_seed(0)
+    rec = tmp_path / "backbone.pth"
+    torch.save(IResNet(IRESNET_LAYERS["iresnet18"]).state_dict(), rec)
+    a = shared_path("images/aligned512/gfpgan_Adele_crop.png")
+    assert main(["similarity", str(a), str(a), "--recognizer", str(rec), "--aligned"]) == 0
+    assert float(capsys.readouterr().out.strip()) == pytest.approx(1.0, abs=1e-4)
+    photo = shared_path("images/whole/gfpgan_Blake_Lively.jpg")
+    assert main(["similarity", str(photo), str(a), "--recognizer", str(rec), "--detector", str(yunet_path)]) == 0
+    assert -1 <= float(capsys.readouterr().out.strip()) < 0.9999
+    blank = _write(tmp_path / "blank.png", np.full((64, 64, 3), 128, np.uint8))
+    assert main(["similarity", str(blank), str(a), "--recognizer", str(rec), "--detector", str(yunet_path)]) == 2
+    assert "no face found" in capsys.readouterr().err
+    rc = main(["restore", str(photo), "-o", str(tmp_path / "out"), "--detector", str(yunet_path),
+               "--prior", str(shared_path("models/tiny_ddpm_lfw32")), "--strength", "0.2", "--steps", "2",
+               "--recognizer", str(rec), "--identity-strength", "2", "--reference", str(photo)])
+    assert rc == 0 and (tmp_path / "out" / "gfpgan_Blake_Lively.png").exists()

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analytic_prior import AnalyticPrior, contrast_variants, degrade, linear_alphas_cumprod, load_face_set, nearest_index, psnr
+from analytic_prior import AnalyticPrior, contrast_variants, degrade, linear_alphas_cumprod, nearest_index, psnr
 from bfr_core.checkpoint import CheckpointError
 from bfr_core.restorers import IdentityRestorer, load_restorer
 from bfr_core.sampler import (
@@ -99,13 +99,6 @@ def reference_official(y01: torch.Tensor, model, acp: torch.Tensor, seed: int, e
             x = math.sqrt(abp) * x0p + math.sqrt(1 - abp - sigma**2) * e + (n != 0) * sigma * z
         outs.append(((x + 1) / 2).clamp(0, 1)[0])
     return torch.stack(outs)
-
-
-@pytest.fixture(scope="module")
-def faces64() -> torch.Tensor:
-    paths = sorted(shared_path("images/aligned512").glob("*.png"))
-    assert len(paths) == 4, paths
-    return load_face_set(paths, 64, flips=True)  # [8,3,64,64]: 4 faces + mirrors
 
 
 @pytest.fixture(scope="module")

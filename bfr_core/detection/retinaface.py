@@ -18,6 +18,7 @@ import torchvision
 from torch import Tensor, nn
 
 from ..checkpoint import load_state_dict, load_strict, wrong_kind_error
+from ..model_holder import ModelHolder
 from .types import FaceDetections
 
 Variant = Literal["resnet50", "mobilenet0.25"]
@@ -235,7 +236,7 @@ def _fill_batch_counters(model: nn.Module, sd: Mapping[str, Tensor]) -> dict[str
     return out
 
 
-class RetinaFaceDetector:
+class RetinaFaceDetector(ModelHolder):
     """A loaded RetinaFace plus pre/post-processing. `model` is the plain nn.Module (eval, no grad)."""
 
     def __init__(self, model: RetinaFace) -> None:
@@ -245,14 +246,6 @@ class RetinaFaceDetector:
     @property
     def variant(self) -> Variant:
         return self.model.variant
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, Tensor], name: str = "<state dict>") -> "RetinaFaceDetector":

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, load_state_dict, load_strict, wrong_kind_error
+from ..model_holder import ModelHolder
 from ..sampler import DenoiserPrior
 from .iddpm_unet import IDDPMUNet, IDDPMUNetConfig
 from .schedule import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
@@ -72,7 +73,7 @@ class DiffusersUNetAdapter(nn.Module):
 
 
 @dataclass
-class DiffusionPrior:
+class DiffusionPrior(ModelHolder):
     """A loaded prior (see `PriorLike`). `alphas_cumprod` stays float64 on the CPU."""
 
     model: nn.Module = field(repr=False)
@@ -85,14 +86,6 @@ class DiffusionPrior:
     kind: str = "iddpm"  # "iddpm" (DifFace layout) or "diffusers"
     source: str = ""
     config: Any = field(default=None, repr=False)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
     @property
     def num_train_timesteps(self) -> int:

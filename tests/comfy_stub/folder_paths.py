@@ -6,14 +6,15 @@ folder_names_and_paths: dict = {}
 
 
 def get_filename_list(folder):
+    """Files below the folder's paths, as relative paths with '/' (recursive, like ComfyUI)."""
     paths, exts = folder_names_and_paths[folder]
     out = []
     for p in paths:
-        if os.path.isdir(p):
-            for name in sorted(os.listdir(p)):
+        for root, _, files in os.walk(p):
+            for name in sorted(files):
                 if not exts or os.path.splitext(name)[1].lower() in exts:
-                    out.append(name)
-    return out
+                    out.append(os.path.relpath(os.path.join(root, name), p).replace(os.sep, "/"))
+    return sorted(set(out))
 
 
 def get_full_path(folder, name):

@@ -1,0 +1,176 @@
+"""Identity nodes: face recognizer loader, identity guidance settings, face similarity."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..bfr_core.faces import align_faces
+from ..bfr_core.identity import load_recognizer
+from ..bfr_core.identity.guidance import IdentityGuidance
+from ..bfr_core.pipeline import DetectOptions, detect_faces, split_alpha
+from .comfy_glue import list_models, load_to_device, model_path, offload, to_bchw
+
+RECOGNIZER_FOLDERS = ("insightface", "facerestore_models")
+RECOGNIZER_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
+CATEGORY = "face restore/BFR"
+
+
+def _recognizer_files() -> list[str]:
+    """`folder:file` entries: ONNX/torch files in models/insightface, ArcFace-named files in facerestore_models."""
+    out = [f"insightface:{f}" for f in list_models("insightface", RECOGNIZER_SUFFIXES)]
+    for key in ("arcface", "recognition", "backbone", "glint", "w600k"):
+        out += [f"facerestore_models:{f}" for f in list_models("facerestore_models", RECOGNIZER_SUFFIXES, key)]
+    return sorted(set(out)) or ["insightface:antelopev2/glintr100.onnx"]
+
+
+@dataclass
+class GuidanceSpec:
+    """What BFRIdentityGuidance hands to the restore nodes; made into an IdentityGuidance per run."""
+
+    recognizer: object
+    strength: float
+    start: float
+    end: float
+    mask: object  # "features" | "none" | tensor [B, H, W] in crop space
+    reference: torch.Tensor | None  # embeddings [R, D] of the reference faces, or None (blind)
+    fidelity: float = 0.0
+
+    def build(self, estimates: torch.Tensor, alphas_cumprod: torch.Tensor) -> IdentityGuidance:
+        """The sampler hook for these crops; blind guidance targets the backbone estimates' identity."""
+        guidance = IdentityGuidance(self.recognizer, strength=self.strength, start=self.start, end=self.end,
+                                    reference=self.reference, mask=self.mask, fidelity=self.fidelity,
+                                    alphas_cumprod=alphas_cumprod)
+        if self.reference is None or self.fidelity > 0:
+            guidance.prepare(estimates)
+        return guidance
+
+
+class BFRLoadFaceRecognizer:
+    DESCRIPTION = ("Loads an ArcFace face recognizer for identity guidance and similarity: insightface "
+                   "ONNX models you keep for other packs (antelopev2/glintr100.onnx, buffalo_l/w600k_r50.onnx in "
+                   "models/insightface), arcface_torch backbone.pth (iresnet18-100) or facexlib's "
+                   "recognition_arcface_ir_se50.pth. ONNX files are converted to PyTorch so gradients flow "
+                   "(needs the onnx package).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("BFR_RECOGNIZER",)
+    RETURN_NAMES = ("recognizer",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (_recognizer_files(), {"tooltip": "Recognizer file: models/insightface/... or an "
+                                                            "ArcFace file in models/facerestore_models."}),
+            "dtype": (["fp32", "fp16", "bf16"], {"default": "fp32", "tooltip": "Weights precision (fp32 is safe "
+                                                                             "everywhere; half saves memory on GPUs)."}),
+        }}
+
+    def load(self, model_name, dtype):
+        folder, _, name = model_name.partition(":")
+        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        return (load_recognizer(model_path(folder, name), device="cpu", dtype=dt),)
+
+
+def reference_embeddings(recognizer, images: torch.Tensor, detector=None) -> torch.Tensor:
+    """Embeddings [R, D] of reference photos: the largest face of each (detected and aligned when a
+    detector is given; otherwise the images must already be aligned face crops)."""
+    rgb, _ = split_alpha(images)
+    if detector is not None:
+        dets = detect_faces(detector, rgb, DetectOptions(select="largest", score_threshold=0.5))
+        missing = [i for i, d in enumerate(dets) if len(d) == 0]
+        if missing:
+            raise ValueError(f"no face found in reference image(s) {missing} (counting from 0); each reference "
+                             f"photo needs one clearly visible face")
+        rgb, _ = align_faces(rgb, dets, 512)
+    with torch.no_grad():
+        return torch.cat([recognizer.embed(rgb[i:i + 8].contiguous()) for i in range(0, rgb.shape[0], 8)])
+
+
+class BFRIdentityGuidance:
+    DESCRIPTION = ("Identity guidance for BFR Diffusion Restore / BFR Restore Faces (CLR-Face idea): during "
+                   "sampling, the face recognizer's gradient pulls each predicted face toward a target identity, "
+                   "only inside a mask (eyes, nose, mouth by default). Target: the backbone's estimate of the "
+                   "same face (blind), or the mean identity of reference photos.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("BFR_GUIDANCE",)
+    RETURN_NAMES = ("guidance",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "recognizer": ("BFR_RECOGNIZER", {"tooltip": "From BFR Load Face Recognizer."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                   "tooltip": "How hard identity is pushed each step (0 = off; 1 = a visible "
+                                              "but gentle pull; above ~4 can overshoot)."}),
+            "start": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                "tooltip": "Guide steps with timestep ≤ start × 1000 (in strength units: with "
+                                           "restore strength 0.4, start ≥ 0.4 guides from the first step)."}),
+            "end": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                              "tooltip": "Stop guiding below timestep end × 1000."}),
+            "mask_mode": (["features", "none"], {"default": "features",
+                                                 "tooltip": "Confine the correction to eyes, nose and mouth "
+                                                            "(features) or apply it everywhere (none). A MASK "
+                                                            "input overrides this."}),
+            "fidelity": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                   "tooltip": "Also pull each step toward the backbone's estimate inside the mask "
+                                              "(PGDiff-style); 0 = off."}),
+        }, "optional": {
+            "reference": ("IMAGE", {"tooltip": "Photos of the person (any size). Unconnected: keep the identity "
+                                               "of the input itself."}),
+            "detector": ("BFR_DETECTOR", {"tooltip": "Detects the face in the reference photos; unconnected, the "
+                                                     "references must already be aligned crops."}),
+            "mask": ("MASK", {"tooltip": "Crop-space mask (same size as the aligned crops): where guidance may "
+                                         "change the face. One mask for all faces, or one per face."}),
+        }}
+
+    def build(self, recognizer, strength, start, end, mask_mode, fidelity=0.0, reference=None, detector=None,
+              mask=None):
+        if end > start:
+            raise ValueError(f"end ({end}) must not be larger than start ({start})")
+        ref = None
+        if reference is not None:
+            try:
+                load_to_device(recognizer.model)
+                recognizer_device = recognizer.device
+                ref = reference_embeddings(recognizer, to_bchw(reference).to(recognizer_device), detector).cpu()
+            finally:
+                offload(recognizer.model)
+        return (GuidanceSpec(recognizer, strength, start, end, mask if mask is not None else mask_mode, ref, fidelity),)
+
+
+class BFRFaceSimilarity:
+    DESCRIPTION = ("Cosine similarity of face identities between two batches of aligned face crops (e.g. input "
+                   "crops and restored crops): pair i with i, or one face against all. Higher = more alike "
+                   "(same person is typically > 0.4 with a trained ArcFace).")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("FLOAT", "STRING")
+    RETURN_NAMES = ("similarity", "report")
+    OUTPUT_IS_LIST = (True, False)
+    FUNCTION = "compare"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "recognizer": ("BFR_RECOGNIZER", {"tooltip": "From BFR Load Face Recognizer."}),
+            "faces_a": ("IMAGE", {"tooltip": "Aligned face crops (BFR Align Faces output or restored crops)."}),
+            "faces_b": ("IMAGE", {"tooltip": "Aligned face crops to compare with; same count, or one face."}),
+        }}
+
+    def compare(self, recognizer, faces_a, faces_b):
+        a, b = split_alpha(to_bchw(faces_a))[0], split_alpha(to_bchw(faces_b))[0]
+        if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+            raise ValueError(f"faces_a has {a.shape[0]} faces and faces_b {b.shape[0]}: give the same number, or "
+                             f"one face to compare with all")
+        try:
+            load_to_device(recognizer.model)
+            with torch.no_grad():
+                ea = reference_embeddings(recognizer, a.to(recognizer.device))
+                eb = reference_embeddings(recognizer, b.to(recognizer.device))
+        finally:
+            offload(recognizer.model)
+        sims = (ea * eb).sum(1).float().cpu().tolist()
+        lines = [f"face {i}: {s:.4f}" for i, s in enumerate(sims)]
+        lines.append(f"mean: {sum(sims) / len(sims):.4f}")
+        return (sims, "\n".join(lines))
