@@ -131,12 +131,14 @@ def load_to_device(module: torch.nn.Module, extra_bytes: int = 0) -> torch.devic
         mm.free_memory(module_size(module) + extra_bytes, device)
     except ImportError:
         pass
-    module.to(device)
+    with torch.inference_mode(False):  # moved weights must stay usable by autograd (identity guidance)
+        module.to(device)
     return device
 
 
 def offload(module: torch.nn.Module) -> None:
-    module.to(offload_device())
+    with torch.inference_mode(False):
+        module.to(offload_device())
     try:
         import comfy.model_management as mm
 

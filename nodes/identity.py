@@ -69,7 +69,10 @@ class BFRLoadFaceRecognizer:
     def load(self, model_name, dtype):
         folder, _, name = model_name.partition(":")
         dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-        return (load_recognizer(model_path(folder, name), device="cpu", dtype=dt),)
+        # Outside inference mode: guidance back-propagates through these weights, and tensors made under
+        # ComfyUI's torch.inference_mode() cannot be saved for backward.
+        with torch.inference_mode(False):
+            return (load_recognizer(model_path(folder, name), device="cpu", dtype=dt),)
 
 
 def reference_embeddings(recognizer, images: torch.Tensor, detector=None) -> torch.Tensor:
@@ -170,7 +173,7 @@ class BFRFaceSimilarity:
                 eb = reference_embeddings(recognizer, b.to(recognizer.device))
         finally:
             offload(recognizer.model)
-        sims = (ea * eb).sum(1).float().cpu().tolist()
+        sims = (ea * eb).sum(1).clamp(-1, 1).float().cpu().tolist()
         lines = [f"face {i}: {s:.4f}" for i, s in enumerate(sims)]
         lines.append(f"mean: {sum(sims) / len(sims):.4f}")
         return (sims, "\n".join(lines))

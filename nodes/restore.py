@@ -40,6 +40,12 @@ def _prior_path(name: str) -> str:
     return path
 
 
+def _looks_like_prior(name: str) -> bool:
+    """Diffusion priors share models/facerestore_models with backbones; keep them out of the backbone list."""
+    base = os.path.basename(name).lower()
+    return "iddpm" in base or "ddpm" in base or base.startswith("diffusion_pytorch_model")
+
+
 class BFRLoadDiffusionPrior:
     DESCRIPTION = ("Loads a face diffusion prior from ComfyUI/models/facerestore_models: DifFace's "
                    "iddpm_ffhq512_ema500000.pth (as released, or converted to .safetensors), or a diffusers "
@@ -74,7 +80,8 @@ class BFRLoadRestorer:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (["none"] + list_models("facerestore_models", WEIGHT_SUFFIXES),
+            "model_name": (["none"] + [f for f in list_models("facerestore_models", WEIGHT_SUFFIXES)
+                                       if not _looks_like_prior(f)],
                            {"tooltip": "Backbone weights in ComfyUI/models/facerestore_models, or none."}),
             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weights precision (falls back to fp32 for "
                                                                    "models without half-precision support)."}),

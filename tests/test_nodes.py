@@ -9,6 +9,13 @@ from conftest import load_rgb, shared_path
 NODE_IDS = {"BFRLoadFaceDetector", "BFRDetectFaces", "BFRAlignFaces", "BFRPasteFaces"}
 
 
+@pytest.fixture(autouse=True)
+def comfy_inference_mode():
+    """ComfyUI executes every node inside torch.inference_mode(); so do these tests."""
+    with torch.inference_mode():
+        yield
+
+
 def test_pack_exports_the_nodes(comfy_pack):
     assert NODE_IDS <= set(comfy_pack.NODE_CLASS_MAPPINGS)
     assert set(comfy_pack.NODE_DISPLAY_NAME_MAPPINGS) == set(comfy_pack.NODE_CLASS_MAPPINGS)

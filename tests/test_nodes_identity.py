@@ -8,6 +8,13 @@ from bfr_core.prior.iddpm_unet import TINY_CONFIG
 from conftest import load_rgb, shared_path
 
 
+@pytest.fixture(autouse=True)
+def comfy_inference_mode():
+    """ComfyUI executes every node inside torch.inference_mode(); so do these tests."""
+    with torch.inference_mode():
+        yield
+
+
 @pytest.fixture
 def folders(tmp_path, comfy_pack):
     """models/insightface with a random-weight iresnet18 backbone.pth; a tiny prior; YuNet."""

@@ -7,6 +7,13 @@ from bfr_core.prior.iddpm_unet import TINY_CONFIG
 from conftest import load_rgb, shared_path
 
 
+@pytest.fixture(autouse=True)
+def comfy_inference_mode():
+    """ComfyUI executes every node inside torch.inference_mode(); so do these tests."""
+    with torch.inference_mode():
+        yield
+
+
 @pytest.fixture
 def models_dir(tmp_path, comfy_pack):
     """A facerestore_models folder with a tiny DifFace-layout prior (official key layout, `module.`)."""

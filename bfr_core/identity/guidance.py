@@ -209,7 +209,7 @@ def feature_mask(size: int, device: torch.device | str = "cpu", feather: float =
     mouth width + 0.2·d) × 0.36·d (lips and philtrum). Each is 1 within (1 − feather) of its radius, falls to 0 at
     its rim with a smoothstep, and is exactly 0 outside; the mask is their maximum.
     """
-    from bfr_core.align import ffhq_template
+    from ..align import ffhq_template
 
     s = int(size)
     if s < 1:
@@ -288,7 +288,7 @@ class IdentityGuidance:
         if not (0.0 <= self.end <= self.start <= 1.0):
             raise ValueError(f"need 0 <= end <= start <= 1 (fractions of T), got start={start!r}, end={end!r}")
         if alphas_cumprod is None:
-            from bfr_core.prior.schedule import linear_alphas_cumprod
+            from ..prior.schedule import linear_alphas_cumprod
 
             alphas_cumprod = linear_alphas_cumprod()
         acp = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
@@ -476,11 +476,13 @@ class IdentityGuidance:
 
         if self.strength > 0:
             target = self._targets_for(faces, dev)
-            leaf = x0.clone().requires_grad_(True)
-            img = (leaf + 1.0) * 0.5
-            if img.shape[1] == 1:
-                img = img.expand(-1, 3, -1, -1)
-            with torch.enable_grad():
+            # ComfyUI runs nodes under torch.inference_mode(), which enable_grad() does not undo
+            with torch.inference_mode(False), torch.enable_grad():
+                target = target.clone()  # inference tensors cannot be saved for backward
+                leaf = x0.clone().requires_grad_(True)
+                img = (leaf + 1.0) * 0.5
+                if img.shape[1] == 1:
+                    img = img.expand(-1, 3, -1, -1)
                 emb = _embed(self.recognizer, img, grad=True)
                 if emb.shape[1] != target.shape[1]:
                     raise ValueError(f"recognizer embeddings have size {emb.shape[1]}, the target {target.shape[1]}")
