@@ -51,7 +51,9 @@ Sizes and channels
 Crops of another size than ``prior.sample_size`` (S) are resized to S×S with antialiased bicubic
 interpolation (``F.interpolate(mode='bicubic', antialias=True)``, as DifFace does), the backbone and the
 diffusion run at S×S, and the result is resized back the same way to the crop's own H×W and clamped.
-Non-square crops are stretched to the square and back (aligned face crops are square).
+Non-square crops are stretched to the square and back (aligned face crops are square). The resized input is
+clamped to [0, 1] before the backbone (bicubic overshoot is not valid image data); DifFace clamps only the
+backbone's output, so for crops that need resizing the two differ slightly (at the prior's size they agree).
 Channels: crops with the prior's channel count run directly. RGB crops with a 1-channel prior: the prior
 restores the BT.601 luma of f(y) and the luma change is added to every channel of f(y) (colour kept). 1-channel
 crops with an RGB prior: the gray image is repeated to RGB and the luma of the result returned. Anything else
