@@ -58,6 +58,16 @@ REGISTRY: dict[str, ModelFile] = {m.name: m for m in [
 ]}
 
 
+def expectation_hint(path: str | os.PathLike) -> str:
+    """For a known file name: where it belongs, its expected sha256 (when pinned), and how to re-fetch it."""
+    entry = REGISTRY.get(Path(path).name)
+    if entry is None:
+        return ""
+    sha = f"expected sha256 {entry.sha256}" if entry.sha256 else "sha256 not pinned in this release"
+    return (f" ({entry.name}: {sha}; it belongs in <ComfyUI>/models/{entry.folder}/ or <--models-dir>/{entry.folder}/; "
+            f"re-fetch with `python -m bfr_core download {entry.name}`)")
+
+
 def comfy_models_dir(start: Path | None = None) -> Path | None:
     """`ComfyUI/models` when this package sits in `ComfyUI/custom_nodes/<pack>`, else None."""
     here = (start or Path(__file__)).resolve()

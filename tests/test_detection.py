@@ -115,8 +115,16 @@ def test_missing_and_corrupt_detector_files(tmp_path):
         load_detector(tmp_path / "nope.onnx")
     bad = tmp_path / "face_detection_yunet_2023mar.onnx"
     bad.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(CheckpointError, match="face_detection_yunet_2023mar.onnx"):
+    with pytest.raises(CheckpointError, match="face_detection_yunet_2023mar.onnx") as err:
         load_detector(bad)
+    assert "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4" in str(err.value)
+    assert "facedetection" in str(err.value)
+    truncated = tmp_path / "detection_mobilenet0.25_Final.pth"
+    torch.save({"x": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="detection_mobilenet0.25_Final.pth") as err:
+        load_detector(truncated)
+    assert "models/facedetection/" in str(err.value) and "download detection_mobilenet0.25_Final.pth" in str(err.value)
     wrong = tmp_path / "detection_Resnet50_Final.pth"
     torch.save({"foo.weight": torch.zeros(3)}, wrong)
     with pytest.raises(CheckpointError, match="detection_Resnet50_Final.pth"):

@@ -30,9 +30,12 @@ class YuNetDetector:
         try:
             self._net = cv2.FaceDetectorYN.create(str(self.path), "", (320, 320), 0.5, nms_threshold, top_k)
         except cv2.error as exc:
+            from ..model_files import expectation_hint
+
             raise CheckpointError(
                 f"OpenCV cannot read {self.path} as a YuNet ONNX model ({exc.err or exc}). "
-                f"Expected face_detection_yunet_2023mar.onnx; download it again."
+                f"Expected face_detection_yunet_2023mar.onnx; download it again"
+                f"{expectation_hint('face_detection_yunet_2023mar.onnx')}."
             ) from exc
 
     def detect(self, images: Tensor, score_threshold: float = 0.5) -> list[FaceDetections]:
