@@ -89,8 +89,15 @@ def wrong_kind_error(path: str | os.PathLike, expected: str, sd: Mapping[str, Te
 
 
 def load_strict(module: torch.nn.Module, sd: Mapping[str, Tensor], path: str | os.PathLike, expected: str) -> None:
-    """`load_state_dict(strict=True)` with an error that names the file and the mismatch."""
+    """`load_state_dict(strict=True)` with an error that names the file and the mismatch.
+
+    BatchNorm `num_batches_tracked` counters a file lacks (older releases) are filled in: eval never uses them.
+    """
     own = module.state_dict()
+    sd = dict(sd)
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked") and key not in sd:
+            sd[key] = torch.zeros_like(value)
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     bad_shape = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]

@@ -71,3 +71,14 @@ def faces64():
     paths = sorted(shared_path("images/aligned512").glob("*.png"))
     assert len(paths) == 4, paths
     return load_face_set(paths, 64, flips=True)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP spin-waits make them 100x slower on a busy 2-core box."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -31,12 +31,7 @@ from conftest import shared_path
 STEPS = 10  # 400, 360, …, 40 at the sampler's default strength 0.4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyRecognizer(nn.Module):

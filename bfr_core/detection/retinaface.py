@@ -227,15 +227,6 @@ def detect_variant(sd: Mapping[str, Tensor]) -> Variant | None:
     return None
 
 
-def _fill_batch_counters(model: nn.Module, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Add BatchNorm `num_batches_tracked` counters a file may lack (unused at inference)."""
-    out = dict(sd)
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked") and key not in out:
-            out[key] = torch.zeros_like(value)
-    return out
-
-
 class RetinaFaceDetector(ModelHolder):
     """A loaded RetinaFace plus pre/post-processing. `model` is the plain nn.Module (eval, no grad)."""
 
@@ -257,7 +248,7 @@ class RetinaFaceDetector(ModelHolder):
                 hint="Expected facexlib's detection_Resnet50_Final.pth or detection_mobilenet0.25_Final.pth.",
             )
         model = RetinaFace(variant)
-        load_strict(model, _fill_batch_counters(model, sd), name, f"RetinaFace {variant}")
+        load_strict(model, sd, name, f"RetinaFace {variant}")
         return cls(model)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "RetinaFaceDetector":

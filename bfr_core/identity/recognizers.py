@@ -143,15 +143,6 @@ def _stage_counts(sd: dict[str, Tensor], prefix: str) -> int:
     return len(idx)
 
 
-def _fill_bn_counters(module: nn.Module, sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Old checkpoints lack `num_batches_tracked`, which eval never uses."""
-    sd = dict(sd)
-    for name, buf in module.state_dict().items():
-        if name.endswith("num_batches_tracked") and name not in sd:
-            sd[name] = torch.zeros_like(buf)
-    return sd
-
-
 def _from_state_dict(sd: dict[str, Tensor], path: str | os.PathLike) -> tuple[nn.Module, str, str]:
     keys = set(sd)
     if {"conv1.weight", "fc.weight", "features.weight", "layer1.0.bn1.weight"} <= keys:
@@ -159,7 +150,7 @@ def _from_state_dict(sd: dict[str, Tensor], path: str | os.PathLike) -> tuple[nn
         if min(layers) < 1:
             raise CheckpointError(f"{path}: unexpected arcface_torch layer numbering (units per stage {layers})")
         net = IResNet(layers, num_features=sd["fc.weight"].shape[0])
-        load_strict(net, _fill_bn_counters(net, sd), path, f"arcface_torch {iresnet_name(layers)}")
+        load_strict(net, sd, path, f"arcface_torch {iresnet_name(layers)}")
         return net, net.arch, "arcface_torch"
     if {"input_layer.0.weight", "output_layer.3.weight"} <= keys and any(k.startswith("body.") for k in keys):
         n_units = _stage_counts(sd, "body.")
@@ -176,7 +167,7 @@ def _from_state_dict(sd: dict[str, Tensor], path: str | os.PathLike) -> tuple[nn
             raise CheckpointError(f"{path}: IR-SE unit widths {sorted(set(depths))} differ from {WIDTHS}")
         se = "body.0.res_layer.5.fc1.weight" in keys
         net = IRSEBackbone(layers, se=se, num_features=sd["output_layer.3.weight"].shape[0])
-        load_strict(net, _fill_bn_counters(net, sd), path, f"facexlib {net.arch}")
+        load_strict(net, sd, path, f"facexlib {net.arch}")
         return net, net.arch, "facexlib"
     if "fc5.weight" in keys and "conv1.weight" in keys and sd["conv1.weight"].shape[1] == 1:
         raise CheckpointError(
