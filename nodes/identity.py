@@ -75,8 +75,8 @@ class BFRLoadFaceRecognizer:
             return (load_recognizer(model_path(folder, name), device="cpu", dtype=dt),)
 
 
-def reference_embeddings(recognizer, images: torch.Tensor, detector=None) -> torch.Tensor:
-    """Embeddings [R, D] of reference photos: the largest face of each (detected and aligned when a
+def embed_faces(recognizer, images: torch.Tensor, detector=None) -> torch.Tensor:
+    """Embeddings [N, D] of face images: the largest face of each (detected and aligned when a
     detector is given; otherwise the images must already be aligned face crops)."""
     rgb, _ = split_alpha(images)
     if detector is not None:
@@ -137,7 +137,7 @@ class BFRIdentityGuidance:
             try:
                 load_to_device(recognizer.model)
                 recognizer_device = recognizer.device
-                ref = reference_embeddings(recognizer, to_bchw(reference).to(recognizer_device), detector).cpu()
+                ref = embed_faces(recognizer, to_bchw(reference).to(recognizer_device), detector).cpu()
             finally:
                 offload(recognizer.model)
         return (GuidanceSpec(recognizer, strength, start, end, mask if mask is not None else mask_mode, ref, fidelity),)
@@ -169,8 +169,8 @@ class BFRFaceSimilarity:
         try:
             load_to_device(recognizer.model)
             with torch.no_grad():
-                ea = reference_embeddings(recognizer, a.to(recognizer.device))
-                eb = reference_embeddings(recognizer, b.to(recognizer.device))
+                ea = embed_faces(recognizer, a.to(recognizer.device))
+                eb = embed_faces(recognizer, b.to(recognizer.device))
         finally:
             offload(recognizer.model)
         sims = (ea * eb).sum(1).clamp(-1, 1).float().cpu().tolist()
