@@ -1,4 +1,5 @@
-"""Restoration backbones f for DifFace (its SwinIR, GFPGAN v1.4, RestoreFormer++, …) loaded with spandrel.
+"""Restoration backbones f for DifFace (its SwinIR, GFPGAN v1.4, RestoreFormer++, …) loaded with spandrel, or
+SwinIR with the project's own port (`bfr_core.restorer_archs`) when spandrel is not installed.
 
 `load_restorer(path)` returns a ``torch.nn.Module`` mapping RGB [0, 1] ``[B,3,H,W]`` → ``[B,3,H,W]`` in [0, 1]:
 
@@ -9,6 +10,10 @@
   ``spandrel.ModelLoader().load_from_state_dict``, which detects the architecture from the keys (DifFace's SwinIR
   with its 8× pixel-unshuffle input, ``conv_first.1.*``, is spandrel's SwinIR with ``start_unshuffle=8``, scale 1).
   spandrel never unpickles anything itself here.
+* without spandrel (the CLI's optional dependency) a SwinIR-like state dict (DifFace's backbone and the other
+  SwinIR releases) is built by `bfr_core.restorer_archs.load_swinir` (configuration read from the keys/shapes,
+  strict loading) and wrapped in `NativeRestorer`, which behaves like `SpandrelRestorer` (same size policy:
+  ≥ 16 px and a multiple of unshuffle², so the same outputs); any other architecture needs spandrel.
 
 The wrapper (`SpandrelRestorer`) makes inputs ``.contiguous()`` (ComfyUI's ``movedim`` views crash ``view()``-using
 nets), casts to the model's device/dtype, meets the architecture's size requirements by *resizing* (antialiased
@@ -18,8 +23,8 @@ output back to the input's H×W when the model upscales or the input was resized
 
 Errors: unreadable/missing file → `CheckpointError` (from bfr_core.checkpoint); readable but not an
 architecture spandrel knows as an image-to-image RGB model → `CheckpointError` naming the file and what was
-expected; spandrel not installed → ``ImportError`` saying how to get it (ComfyUI ships it; it is optional for
-the CLI).
+expected; spandrel not installed and the file is not SwinIR → `CheckpointError` naming the file and saying
+that its architecture needs spandrel (ComfyUI ships it; it is optional for the CLI).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checkpoint import CheckpointError, load_state_dict, wrong_kind_error
+from .restorer_archs import is_swinir_state_dict, load_swinir
 
 EXPECTED_KIND = ("face-restoration backbone spandrel can load (DifFace SwinIR swinir_restoration512_L1.pth, "
                  "GFPGAN v1.4, RestoreFormer++, …)")
@@ -69,7 +75,45 @@ def _resize(x: Tensor, hw: tuple[int, int]) -> Tensor:
     return F.interpolate(x, size=tuple(hw), mode="bicubic", antialias=True, align_corners=False)
 
 
-class SpandrelRestorer(torch.nn.Module):
+class _SizeRequirements:
+    """The part of spandrel's ``SizeRequirements`` used here: minimum side, sides a multiple of ``multiple_of``."""
+
+    def __init__(self, minimum: int = 0, multiple_of: int = 1):
+        self.multiple_of = max(1, int(multiple_of))
+        self.minimum = -(-int(minimum) // self.multiple_of) * self.multiple_of
+
+    def get_padding(self, width: int, height: int) -> tuple[int, int]:
+        def up(v: int) -> int:
+            return -(-max(self.minimum, v) // self.multiple_of) * self.multiple_of
+
+        return up(width) - width, up(height) - height
+
+
+class _ResizingRestorer(torch.nn.Module):
+    """RGB [0,1] → RGB [0,1] of the input's size around a model with size requirements (see module doc)."""
+
+    model: torch.nn.Module
+    architecture: str
+    size_requirements: object
+
+    def _run(self, inp: Tensor) -> Tensor:  # inp meets the size requirements; returns [0, 1]
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{self.architecture} restorer expects [B, 3, H, W] RGB, got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        p = next(self.model.parameters())
+        inp = x.to(device=p.device, dtype=torch.float32).clamp(0, 1)
+        th, tw = _valid_size(h, w, self.size_requirements)
+        inp = _resize(inp, (th, tw)).clamp(0, 1).to(p.dtype).contiguous()
+        out = self._run(inp)
+        out = out.float().clone()  # a normal tensor again, usable outside inference mode
+        out = _resize(out, (h, w))
+        return out.clamp_(0, 1).to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+
+
+class SpandrelRestorer(_ResizingRestorer):
     """A spandrel ``ImageModelDescriptor`` as an RGB [0,1] → RGB [0,1] module of the input's size."""
 
     def __init__(self, descriptor, path: str | os.PathLike | None = None):
@@ -81,30 +125,63 @@ class SpandrelRestorer(torch.nn.Module):
         self.scale = int(descriptor.scale)
         self.size_requirements = descriptor.size_requirements
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"{self.architecture} restorer expects [B, 3, H, W] RGB, got {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        p = next(self.model.parameters())
-        inp = x.to(device=p.device, dtype=torch.float32).clamp(0, 1)
-        th, tw = _valid_size(h, w, self.size_requirements)
-        inp = _resize(inp, (th, tw)).clamp(0, 1).to(p.dtype).contiguous()
-        out = self.descriptor(inp)  # runs under torch.inference_mode, clamps to [0, 1]
-        out = out.float().clone()  # a normal tensor again, usable outside inference mode
-        out = _resize(out, (h, w))
-        return out.clamp_(0, 1).to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+    def _run(self, inp: Tensor) -> Tensor:
+        return self.descriptor(inp)  # runs under torch.inference_mode, clamps to [0, 1]
+
+
+class NativeRestorer(_ResizingRestorer):
+    """The project's own SwinIR (used without spandrel) with `SpandrelRestorer`'s behaviour."""
+
+    def __init__(self, model: torch.nn.Module, path: str | os.PathLike | None = None):
+        super().__init__()
+        self.model = model
+        self.path = None if path is None else str(path)
+        self.architecture = "SwinIR"
+        self.scale = int(model.scale)
+        unshuffle = int(model.cfg.unshuffle)
+        self.size_requirements = _SizeRequirements(minimum=16, multiple_of=unshuffle**2)  # as spandrel's SwinIR
+
+    @torch.inference_mode()
+    def _run(self, inp: Tensor) -> Tensor:
+        return self.model(inp).clamp_(0, 1)
+
+
+def _load_without_spandrel(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype,
+                           import_error: ImportError) -> torch.nn.Module:
+    sd = load_state_dict(path)
+    if not is_swinir_state_dict(sd):
+        sample = ", ".join(list(sd)[:4])
+        raise CheckpointError(
+            f"{path} is not a SwinIR checkpoint (its first keys: {sample}); without the 'spandrel' package only "
+            "SwinIR backbones (DifFace's swinir_restoration512_L1.pth) load. This architecture needs spandrel: "
+            "ComfyUI installs it; for the CLI run `pip install spandrel` (or use restorer 'none')."
+        ) from import_error
+    model = load_swinir(sd, path)
+    if model.cfg.in_chans != 3:
+        raise CheckpointError(f"{path} is a {model.cfg.in_chans}-channel SwinIR; expected an RGB {EXPECTED_KIND}")
+    if dtype == torch.float16:  # as spandrel: SwinIR is not run in fp16
+        warnings.warn(f"SwinIR does not support {dtype}; running it in float32", stacklevel=3)
+        dtype = torch.float32
+    model.to(device=torch.device(device), dtype=dtype)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return NativeRestorer(model.eval(), path)
 
 
 def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """Backbone f for DifFace: identity for None/"none", otherwise the spandrel model in ``path`` (see module doc).
+    """Backbone f for DifFace: identity for None/"none", otherwise the spandrel model in ``path`` (without spandrel:
+    the own SwinIR port for SwinIR files; see module doc).
 
     ``dtype`` the model does not support (spandrel's ``supports_half``/``supports_bfloat16``; DifFace's SwinIR has
     no fp16) falls back to float32 with a warning. The module is in eval mode with gradients off.
     """
     if path is None or (isinstance(path, str) and path.strip().lower() in ("", "none")):
         return IdentityRestorer()
-    spandrel = _import_spandrel()
+    try:
+        spandrel = _import_spandrel()
+    except ImportError as exc:
+        return _load_without_spandrel(path, device, dtype, exc)
     sd = load_state_dict(path)
     try:
         descriptor = spandrel.ModelLoader().load_from_state_dict(dict(sd))

@@ -469,7 +469,12 @@ def test_restorer_wrong_kind_and_missing_file(tmp_path):
 
 
 def test_restorer_without_spandrel(monkeypatch, tmp_path):
+    """Without spandrel: SwinIR files use the own loader (tests/test_swinir.py); others get a clear error."""
     monkeypatch.setitem(sys.modules, "spandrel", None)
-    with pytest.raises(ImportError, match="spandrel"):
+    with pytest.raises(CheckpointError, match="x.pth"):
         load_restorer(tmp_path / "x.pth")
+    other = tmp_path / "gfpgan.pth"
+    torch.save({"params_ema": {"encoder.foo.weight": torch.zeros(3, 3)}}, other)
+    with pytest.raises(CheckpointError, match="spandrel"):
+        load_restorer(other)
     assert isinstance(load_restorer("none"), IdentityRestorer)
