@@ -6,8 +6,6 @@ Every function is batched over faces, runs on the tensors' device and is differe
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -100,6 +98,8 @@ def warp_affine(images: Tensor, m: Tensor, out_hw: tuple[int, int], border: str 
     if border not in BORDER_MODES:
         raise ValueError(f"border must be one of {list(BORDER_MODES)}, got {border!r}")
     grid = _sampling_grid(invert_affine(m.double()), out_hw, images.shape[-2:], offset_xy)
+    if images.dtype in (torch.float16, torch.bfloat16):  # half grids misplace samples by up to ~2 px
+        return warp_affine(images.float(), m, out_hw, border, mode, offset_xy).to(images.dtype)
     return F.grid_sample(images, grid.to(images.dtype), mode=mode, padding_mode=BORDER_MODES[border],
                          align_corners=False)
 
@@ -121,7 +121,7 @@ def shrink_antialiased(src: Tensor, factor: float) -> tuple[Tensor, Tensor]:
     """
     h, w = src.shape[-2:]
     nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
-    small = F.interpolate(src, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    small = F.interpolate(src.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).to(src.dtype)
     sx, sy = nw / w, nh / h
     old_to_new = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]], dtype=torch.float64,
                               device=src.device)
@@ -129,7 +129,8 @@ def shrink_antialiased(src: Tensor, factor: float) -> tuple[Tensor, Tensor]:
 
 
 def image_boxes_of_crops(affines: Tensor, crop_size: int, hw: tuple[int, int], margin: int = 2,
-                         support: tuple[int, int, int, int] | None = None) -> list[tuple[int, int, int, int]]:
+                         support: tuple[int, int, int, int] | None = None,
+                         clip: bool = True) -> list[tuple[int, int, int, int]]:
     """Integer boxes (x0, y0, x1, y1), clipped to the image, covering crops placed by affines [F, 2, 3].
 
     support: only this part (u0, v0, u1, v1) of each crop, e.g. where its paste mask is non-zero.
@@ -145,6 +146,8 @@ def image_boxes_of_crops(affines: Tensor, crop_size: int, hw: tuple[int, int], m
     h, w = hw
     lo = np.floor(pts.min(1)).astype(np.int64) - margin
     hi = np.ceil(pts.max(1)).astype(np.int64) + margin
+    if not clip:
+        return [(int(a), int(b), int(c), int(d)) for (a, b), (c, d) in zip(lo, hi)]
     return [(max(0, int(a)), max(0, int(b)), min(w, int(c)), min(h, int(d))) for (a, b), (c, d) in zip(lo, hi)]
 
 
@@ -210,43 +213,64 @@ def warp_faces(images: Tensor, image_index: Tensor, affines: Tensor, crop_size: 
     if n == 0:
         return images.new_empty(0, images.shape[1], crop_size, crop_size)
     hw = tuple(images.shape[-2:])
-    if use_opencv(images, backend):
-        import cv2
-        import numpy as np
+    if not use_opencv(images, backend):
+        return _warp_faces_torch(images, image_index, affines, crop_size, border, mode)
+    import cv2
+    import numpy as np
 
-        # Crops are written straight into one channels-last buffer; the result is a [F, C, S, S]
-        # view of it (ComfyUI's IMAGE layout is channels-last too, so no copy is needed there).
-        buf = np.empty((n, crop_size, crop_size, images.shape[1]), np.float32)
-        boxes = image_boxes_of_crops(affines, crop_size, hw)
-        ms = affines.detach().double().cpu().numpy()
-        for i, b in enumerate(image_index.tolist()):
-            x0, y0, x1, y1 = boxes[i]
-            region = to_hwc_numpy(images[b, :, y0:y1, x0:x1])
-            m = ms[i].copy()
-            m[:, 2] += m[:, 0] * x0 + m[:, 1] * y0  # the region starts at (x0, y0)
-            s = float(np.hypot(m[0, 0], m[1, 0]))
-            interp = cv2.INTER_CUBIC if _face_mode(mode, s) == "bicubic" else cv2.INTER_LINEAR
-            if s < 0.5:  # shrink to 2:1 with area averaging, then warp
-                rh, rw = region.shape[:2]
-                nh, nw = max(1, round(rh * 2 * s)), max(1, round(rw * 2 * s))
-                region = cv2.resize(region, (nw, nh), interpolation=cv2.INTER_AREA)
-                m = (np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(_scale_map(nw / rw, nh / rh)))[:2]
-            dst = buf[i] if buf.shape[-1] in (3, 4) else None  # cv2 writes 3/4-channel crops in place
-            crop = cv2.warpAffine(region, m, (crop_size, crop_size), dst=dst, flags=interp,
-                                  borderMode=CV2_BORDERS[border], borderValue=0)
-            if dst is None:
-                buf[i] = crop.reshape(crop_size, crop_size, -1)
-        if mode != "bilinear":  # only cubic interpolation can overshoot the input's range
-            np.clip(buf, 0, 1, out=buf)
-        return torch.from_numpy(buf).permute(0, 3, 1, 2)
+    # Crops are written straight into one channels-last buffer; the result is a [F, C, S, S]
+    # view of it (ComfyUI's IMAGE layout is channels-last too, so no copy is needed there).
+    buf = np.empty((n, crop_size, crop_size, images.shape[1]), np.float32)
+    boxes = image_boxes_of_crops(affines, crop_size, hw)
+    raw = image_boxes_of_crops(affines, crop_size, hw, clip=False)
+    ms = affines.detach().double().cpu().numpy()
+    fallback = []
+    for i, b in enumerate(image_index.tolist()):
+        x0, y0, x1, y1 = boxes[i]
+        rx0, ry0, rx1, ry1 = raw[i]
+        overflow = max(-rx0, -ry0, rx1 - hw[1], ry1 - hw[0])
+        # OpenCV cannot warp from an empty region, and its cubic BORDER_REFLECT is wrong beyond one
+        # image length outside the image: such faces take the torch path.
+        if x1 <= x0 or y1 <= y0 or (border == "reflect" and overflow >= min(x1 - x0, y1 - y0)):
+            fallback.append(i)
+            continue
+        region = to_hwc_numpy(images[b, :, y0:y1, x0:x1])
+        m = ms[i].copy()
+        m[:, 2] += m[:, 0] * x0 + m[:, 1] * y0  # the region starts at (x0, y0)
+        s = float(np.hypot(m[0, 0], m[1, 0]))
+        interp = cv2.INTER_CUBIC if _face_mode(mode, s) == "bicubic" else cv2.INTER_LINEAR
+        if s < 0.5:  # shrink to 2:1 with area averaging, then warp
+            rh, rw = region.shape[:2]
+            nh, nw = max(1, round(rh * 2 * s)), max(1, round(rw * 2 * s))
+            region = cv2.resize(region, (nw, nh), interpolation=cv2.INTER_AREA)
+            m = (np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(_scale_map(nw / rw, nh / rh)))[:2]
+        dst = buf[i] if buf.shape[-1] in (3, 4) else None  # cv2 writes 3/4-channel crops in place
+        crop = cv2.warpAffine(region, m, (crop_size, crop_size), dst=dst, flags=interp,
+                              borderMode=CV2_BORDERS[border], borderValue=0)
+        if dst is None:
+            buf[i] = crop.reshape(crop_size, crop_size, -1)
+    if mode != "bilinear":  # only cubic interpolation can overshoot the input's range
+        np.clip(buf, 0, 1, out=buf)
+    out = torch.from_numpy(buf).permute(0, 3, 1, 2)
+    if fallback:
+        idx = torch.tensor(fallback)
+        out[idx] = _warp_faces_torch(images, image_index[idx], affines[idx], crop_size, border, mode)
+    return out
+
+
+def _warp_faces_torch(images: Tensor, image_index: Tensor, affines: Tensor, crop_size: int, border: str,
+                      mode: str) -> Tensor:
+    """`warp_faces` with grid_sample: any device, differentiable."""
+    n, hw = affines.shape[0], tuple(images.shape[-2:])
     out = images.new_empty(n, images.shape[1], crop_size, crop_size)
     scales = alignment_scale(affines).tolist()
+    boxes = image_boxes_of_crops(affines, crop_size, hw)
     groups: dict[tuple[int, str], list[int]] = {}
     for i, (b, s) in enumerate(zip(image_index.tolist(), scales)):
-        if s >= 0.5:  # near 1:1 or magnified: sample directly, all faces of an image in one call
+        x0, y0, x1, y1 = boxes[i]
+        if s >= 0.5 or x1 <= x0 or y1 <= y0:  # sample directly, all faces of an image in one call
             groups.setdefault((b, _face_mode(mode, s)), []).append(i)
             continue
-        x0, y0, x1, y1 = image_box_of_crop(affines[i], crop_size, hw)
         region, old_to_new = shrink_antialiased(images[b:b + 1, :, y0:y1, x0:x1], 2 * s)
         shift = torch.tensor([[1.0, 0, -x0], [0, 1.0, -y0]], dtype=torch.float64, device=images.device)
         # image → region → shrunk region; the crop map then starts from shrunk-region pixels.

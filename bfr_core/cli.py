@@ -130,11 +130,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     paste = PasteOptions(mask=args.mask, color_match=args.color_match)
+    inputs = {Path(p).resolve() for p in args.images}
+    written: set[Path] = set()
     for path in args.images:
+        target = outdir / (Path(path).stem + ".png")
+        if target.resolve() in inputs or target.resolve() in written:
+            raise ValueError(f"{target} would overwrite an input or another result; choose another -o folder")
+        written.add(target.resolve())
         img = read_image(path)
         images = img.rgb[None].to(args.device)
         res = restore_images(images, detector, restore_fn, _options(args), paste, crop_size=crop_size)
-        target = outdir / (Path(path).stem + ".png")
         write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
         print(f"{path}: {len(res.faces)} face(s) -> {target}")
     return 0
@@ -217,6 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with torch.no_grad():  # not inference_mode: identity guidance re-enables gradients per step
             return args.func(args)
-    except (CheckpointError, ValueError, KeyError) as exc:
+    except (CheckpointError, ValueError, KeyError, OSError, RuntimeError) as exc:  # OSError: files, network
         print(f"error: {exc}", file=sys.stderr)
         return 2

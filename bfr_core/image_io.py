@@ -21,6 +21,8 @@ class LoadedImage:
 def read_image(path: str | os.PathLike) -> LoadedImage:
     import cv2
 
+    if not Path(path).is_file():
+        raise ValueError(f"image not found: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)  # works with non-ASCII paths too
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:

@@ -88,7 +88,7 @@ def search_dirs(models_dir: str | os.PathLike | None = None) -> list[Path]:
 
 def find_model(name: str, models_dir: str | os.PathLike | None = None) -> Path | None:
     """Locate a model file by name (or return an existing path as is)."""
-    if os.path.sep in name or "/" in name:
+    if os.path.sep in name or "/" in name or Path(name).is_file():
         p = Path(name)
         return p if p.exists() else None
     folder = REGISTRY[name].folder if name in REGISTRY else None
@@ -143,10 +143,12 @@ def download(name: str, dest_root: str | os.PathLike, expected_sha256: str | Non
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(REGISTRY)}")
     entry = REGISTRY[name]
-    want = entry.sha256 or expected_sha256
+    if entry.sha256 and expected_sha256 and expected_sha256.lower() != entry.sha256:
+        raise ValueError(f"--sha256 {expected_sha256} differs from the sha256 pinned for {name} ({entry.sha256})")
+    want = entry.sha256 or (expected_sha256.lower() if expected_sha256 else None)
     if want is None and not allow_unpinned:
         raise ValueError(f"{name} has no pinned sha256 in this release; pass --sha256 HASH (from the model's "
-                         f"publisher) or --allow-unpinned to accept it after a structural check")
+                         f"publisher) or --allow-unpinned to accept whatever the URL serves (its sha256 is printed)")
     dest = Path(dest_root) / entry.folder / entry.name
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, suffix=".part")
@@ -158,6 +160,9 @@ def download(name: str, dest_root: str | os.PathLike, expected_sha256: str | Non
         if want is not None and got != want:
             raise ValueError(f"checksum mismatch for {name}: expected {want}, got {got}; the download is "
                              f"incomplete or the file changed upstream. Nothing was written.")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; ComfyUI may run as another user
         os.replace(tmp, dest)  # atomic: a half-downloaded file never takes the real name
     finally:
         tmp.unlink(missing_ok=True)

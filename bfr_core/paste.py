@@ -141,8 +141,8 @@ class _FaceSampler:
             m = (homogeneous(old_to_new) @ homogeneous(m))[:2]
         m = m.to(src.device, torch.float32)[None]
         grid = _sampling_grid(m, (y1 - y0, x1 - x0), src.shape[-2:])
-        t = torch.nn.functional.grid_sample(src, grid.to(src.dtype), mode="bicubic", padding_mode="zeros",
-                                            align_corners=False)[0]
+        t = torch.nn.functional.grid_sample(src.float(), grid, mode="bicubic", padding_mode="zeros",
+                                            align_corners=False)[0].to(src.dtype)  # float32 grid: see warp_affine
         return t[:-1], t[-1:]
 
 
@@ -166,6 +166,11 @@ def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tenso
         raise ValueError(f"crops must be square, got {tuple(crops.shape[-2:])}")
     if crops.shape[1] != images.shape[1]:
         raise ValueError(f"crops have {crops.shape[1]} channels, images have {images.shape[1]}")
+    aligned_hw = faces.image_sizes[0] if faces.image_sizes else tuple(images.shape[-2:])
+    if tuple(images.shape[-2:]) != tuple(aligned_hw):
+        raise ValueError(f"the faces were aligned on {aligned_hw[1]}x{aligned_hw[0]} images but are pasted into "
+                         f"{images.shape[-1]}x{images.shape[-2]} ones; paste into the image given to Align Faces "
+                         f"(resize after pasting)")
     out = images.clone()
     coverage = images.new_zeros(images.shape[0], *images.shape[-2:])
     if len(faces) == 0:

@@ -6,7 +6,7 @@ import torch
 
 from ..bfr_core.detection import SELECT_MODES, SORT_MODES, load_detector
 from ..bfr_core.pipeline import DetectOptions, detect_faces, split_alpha
-from .comfy_glue import Progress, list_models, log, model_path, offload_device, to_bchw, torch_device
+from .comfy_glue import Progress, list_models, load_to_device, log, model_path, offload, to_bchw
 
 DETECTOR_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
 
@@ -55,6 +55,22 @@ def draw_detections(image: np.ndarray, dets) -> np.ndarray:
     return canvas.astype(np.float32) / 255
 
 
+def run_detection(detector, images: torch.Tensor, opts: DetectOptions) -> list:
+    """detect_faces with a torch detector (RetinaFace) on ComfyUI's device, offloaded afterwards.
+
+    Images stay on the CPU: the detector moves one chunk at a time to its device (video batches).
+    """
+    module = detector if isinstance(detector, torch.nn.Module) else getattr(detector, "model", None)
+    module = module if isinstance(module, torch.nn.Module) else None
+    if module is not None:
+        load_to_device(module)
+    try:
+        return detect_faces(detector, images, opts, chunk=4, progress=Progress(images.shape[0]))
+    finally:
+        if module is not None:
+            offload(module)
+
+
 class BFRDetectFaces:
     DESCRIPTION = ("Finds faces in every image of the batch and chooses which to keep. Outputs the detections "
                    "for BFR Align Faces and a preview with boxes, 5 landmarks and the face index used by "
@@ -91,17 +107,7 @@ class BFRDetectFaces:
     def detect(self, image, detector, score_threshold, min_face_size, select, indices, sort_by, max_faces):
         images = to_bchw(image)
         opts = DetectOptions(score_threshold, float(min_face_size), sort_by, select, indices, max_faces)
-        # Torch detectors (RetinaFace) run on ComfyUI's device and go back to the offload device after.
-        module = detector if isinstance(detector, torch.nn.Module) else getattr(detector, "model", None)
-        module = module if isinstance(module, torch.nn.Module) else None
-        device = torch_device() if module is not None else torch.device("cpu")
-        if module is not None:
-            module.to(device)
-        try:
-            dets = detect_faces(detector, images.to(device), opts, chunk=4, progress=Progress(images.shape[0]))
-        finally:
-            if module is not None:
-                module.to(offload_device())
+        dets = run_detection(detector, images, opts)
         total = sum(len(d) for d in dets)
         if total == 0:
             log.info("BFR Detect Faces: no faces found in %d image(s)", images.shape[0])

@@ -8,12 +8,13 @@ import torch
 from ..bfr_core.detection import SELECT_MODES
 from ..bfr_core.faces import align_faces
 from ..bfr_core.paste import COLOR_MATCH_MODES, paste_faces
-from ..bfr_core.pipeline import DetectOptions, PasteOptions, crop_masks, detect_faces, merge_alpha, split_alpha
+from ..bfr_core.pipeline import DetectOptions, PasteOptions, crop_masks, merge_alpha, split_alpha
 from ..bfr_core.prior import load_prior
 from ..bfr_core.restorers import load_restorer
 from ..bfr_core.sampler import DEFAULT_STRENGTH, SAMPLERS, restore_faces
-from .comfy_glue import (Progress, StepProgress, list_models, load_to_device, log, model_path, offload, to_bchw,
+from .comfy_glue import (StepProgress, list_models, load_to_device, log, model_path, offload, to_bchw,
                          to_bhwc, torch_device)
+from .detect import run_detection
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -204,7 +205,7 @@ class BFRRestoreFaces:
                 guidance=None):
         images = to_bchw(image)
         rgb, alpha = split_alpha(images)
-        dets = detect_faces(detector, rgb, DetectOptions(select=select), progress=Progress(rgb.shape[0]))
+        dets = run_detection(detector, rgb, DetectOptions(select=select))
         crops, faces = align_faces(rgb, dets, prior.sample_size if prior.sample_size >= 256 else 512)
         if len(faces) == 0:
             log.info("BFR Restore Faces: no faces found; images returned unchanged")

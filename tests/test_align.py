@@ -105,3 +105,29 @@ def test_opencv_and_torch_backends_cut_the_same_crops(mode):
     th = warp_faces(img, index, ms, 128, mode=mode, backend="torch")
     assert float((cv - th).abs().mean()) < 2e-3
     assert float((cv - th)[..., 8:-8, 8:-8].abs().max()) < 3e-2
+
+
+def test_faces_far_outside_or_off_the_image():
+    """OpenCV's cubic reflect border breaks beyond one image length, and it cannot warp an empty region:
+    such faces must come out as the torch path cuts them, without crashing."""
+    yy, xx = torch.meshgrid(torch.arange(150.0), torch.arange(120.0), indexing="ij")
+    img = torch.stack([0.5 + 0.4 * torch.sin(xx / 9 + c) * torch.cos(yy / 13) for c in (0.0, 1.0, 2.0)])[None]
+    ms = torch.tensor(np.stack([_similarity(0.0, 1.0, 400, 0),      # crop samples far left of the image
+                                _similarity(0.0, 1.0, -1000, -1000),  # box entirely off the image
+                                _similarity(0.1, 0.2, 10, 10)]), dtype=torch.float32)  # whole image is a "face"
+    index = torch.zeros(3, dtype=torch.long)
+    for border in ("reflect", "replicate", "constant"):
+        cv = warp_faces(img, index, ms, 96, border=border, mode="bicubic", backend="opencv")
+        th = warp_faces(img, index, ms, 96, border=border, mode="bicubic", backend="torch")
+        assert torch.isfinite(cv).all()
+        assert float((cv - th).abs().mean()) < 5e-3, border
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_images_warp_like_float32(dtype):
+    img = torch.rand(1, 3, 200, 200)
+    ms = torch.tensor(np.stack([_similarity(0.3, 1.7, -20, -30), _similarity(0.1, 0.3, 5, 5)]), dtype=torch.float32)
+    ref = warp_faces(img, torch.zeros(2, dtype=torch.long), ms, 64, backend="torch")
+    half = warp_faces(img.to(dtype), torch.zeros(2, dtype=torch.long), ms, 64, backend="torch")
+    assert half.dtype == dtype
+    assert float((half.float() - ref).abs().mean()) < 1e-2

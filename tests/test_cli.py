@@ -87,6 +87,8 @@ def test_download_verifies_checksum_and_is_atomic(tmp_path, monkeypatch, yunet_p
     path = model_files.download(entry.name, tmp_path)
     assert path == tmp_path / "facedetection" / entry.name
     assert model_files.sha256_of(path) == entry.sha256
+    os.umask(old_umask := os.umask(0o022))
+    assert path.stat().st_mode & 0o044 or old_umask & 0o044  # readable by ComfyUI running as another user
     monkeypatch.setitem(model_files.REGISTRY, entry.name, model_files.ModelFile(
         entry.name, entry.folder, entry.kind, yunet_path.as_uri(), entry.licence, "0" * 64, entry.size))
     with pytest.raises(ValueError, match="checksum mismatch"):
@@ -152,3 +154,17 @@ def test_similarity_and_guided_restore(tmp_path, yunet_path, capsys):
                "--prior", str(shared_path("models/tiny_ddpm_lfw32")), "--strength", "0.2", "--steps", "2",
                "--recognizer", str(rec), "--identity-strength", "2", "--reference", str(photo)])
     assert rc == 0 and (tmp_path / "out" / "gfpgan_Blake_Lively.png").exists()
+
+
+def test_restore_never_overwrites_inputs_and_missing_images_are_errors(tmp_path, yunet_path, capsys):
+    src = _write(tmp_path / "photo.png", cv2.imread(str(shared_path("images/whole/gfpgan_10045.png"))))
+    before = src.read_bytes()
+    assert main(["restore", str(src), "-o", str(tmp_path), "--detector", str(yunet_path)]) == 2
+    assert "overwrite" in capsys.readouterr().err and src.read_bytes() == before
+    assert main(["detect", str(tmp_path / "nope.jpg"), "--detector", str(yunet_path)]) == 2
+    assert "nope.jpg" in capsys.readouterr().err
+
+
+def test_download_rejects_a_hash_that_contradicts_the_pinned_one(tmp_path):
+    with pytest.raises(ValueError, match="differs"):
+        model_files.download("face_detection_yunet_2023mar.onnx", tmp_path, expected_sha256="0" * 64)

@@ -50,6 +50,7 @@ def test_select_faces_modes():
     assert select_faces(d, hw, select="center").boxes.tolist() == [[45, 45, 55, 55]]
     picked = select_faces(d, hw, sort_by="left_to_right", select="indices", indices="0, -1, 7")
     assert picked.boxes[:, 0].tolist() == [0, 100]
+    assert len(select_faces(d, hw, select="indices", indices="1,1,-3")) == 1  # the same face once
     assert len(select_faces(d, hw, max_faces=2)) == 2
     assert len(select_faces(d, hw, score_threshold=0.99)) == 0
     with pytest.raises(ValueError, match="integers"):

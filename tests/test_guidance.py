@@ -26,7 +26,6 @@ from bfr_core.identity.guidance import (
     recognizer_device_dtype,
 )
 from bfr_core.sampler import denoising_timesteps, restore_faces
-from conftest import shared_path
 
 STEPS = 10  # 400, 360, …, 40 at the sampler's default strength 0.4
 

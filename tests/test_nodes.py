@@ -1,5 +1,4 @@
 """Node contract, run without ComfyUI: the pack is imported the way ComfyUI imports it, with stand-ins."""
-import sys
 
 import pytest
 import torch

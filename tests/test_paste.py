@@ -89,6 +89,8 @@ def test_no_faces_and_bad_counts():
         paste_faces(img, torch.cat([crops, crops]), faces)
     with pytest.raises(ValueError, match="aligned from 2 images"):
         paste_faces(img[:1], crops, faces)
+    with pytest.raises(ValueError, match="aligned on 64x64 images"):  # e.g. the image was upscaled in between
+        paste_faces(torch.rand(2, 3, 128, 128), crops, faces)
 
 
 def test_opencv_and_torch_backends_paste_alike(yunet):

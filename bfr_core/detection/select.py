@@ -62,7 +62,8 @@ def select_faces(dets: FaceDetections, image_hw: tuple[int, int], score_threshol
         wanted = parse_indices(indices) if isinstance(indices, str) else list(indices)
         n = len(dets)
         picked = [i if i >= 0 else n + i for i in wanted]
-        dets = dets.index([i for i in picked if 0 <= i < n])
+        picked = list(dict.fromkeys(i for i in picked if 0 <= i < n))  # a face listed twice is kept once
+        dets = dets.index(picked)
     if max_faces > 0:
         dets = dets.index(list(range(min(max_faces, len(dets)))))
     return dets
