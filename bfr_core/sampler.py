@@ -105,6 +105,8 @@ _SAMPLER_ALIASES = {"ddim": "ddim", "dpmsolver++": "dpmsolver++", "dpm++": "dpms
                     "dpm_solver++": "dpmsolver++", "dpmpp_2m": "dpmsolver++"}
 _LUMA = (0.299, 0.587, 0.114)  # BT.601
 
+# torch < 2.5 only has the CUDA-specific name; looked up once so `except` never hits a missing attribute.
+_OOM_ERROR = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 ProgressCallback = Callable[[int, int], None]
 Restorer = Callable[[Tensor], Tensor]
 
@@ -305,7 +307,7 @@ def restore_faces(
 
         try:
             out = ctx.run_chunk(crops[start:start + n], torch.arange(start, start + n), report)
-        except torch.OutOfMemoryError:
+        except _OOM_ERROR:
             if n <= 1:
                 raise
             chunk = max(1, n // 2)

@@ -43,6 +43,7 @@ class GuidanceSpec:
                                     alphas_cumprod=alphas_cumprod)
         if self.reference is None or self.fidelity > 0:
             guidance.prepare(estimates)
+        guidance.validate(estimates.shape[0])  # per-face masks/targets must match the faces before sampling
         return guidance
 
 

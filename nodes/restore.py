@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 
 from ..bfr_core.detection import SELECT_MODES
 from ..bfr_core.faces import align_faces
@@ -125,21 +126,31 @@ def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, samp
     modules = [prior.model] + ([restorer] if isinstance(restorer, torch.nn.Module) else [])
     if guidance is not None:
         modules.append(guidance.recognizer.model)
-    device = None
+    # Crops stay on the CPU: restore_faces moves one chunk at a time to the models' device and back,
+    # so device memory follows batch_size, not the number of faces (video batches).
+    crops = crops_bchw.cpu()
     try:
         for m in modules:
-            device = load_to_device(m, extra_bytes=batch_size * 512 * 512 * 4 * 64)
-        crops = crops_bchw.to(device)
-        hook = None
+            load_to_device(m, extra_bytes=batch_size * 512 * 512 * 4 * 64)
+        hook, size = None, tuple(crops.shape[-2:])
         if guidance is not None:
-            with torch.no_grad():
-                if restorer is not None:
-                    crops = torch.cat([restorer(crops[i:i + batch_size].contiguous()).clamp(0, 1)
+            # The backbone runs here, at the prior's resolution as inside restore_faces, so that its
+            # estimates can also be the blind identity target.
+            s = int(prior.sample_size)
+            if size != (s, s):
+                crops = F.interpolate(crops, size=(s, s), mode="bicubic", antialias=True,
+                                      align_corners=False).clamp(0, 1)
+            if restorer is not None:
+                device = next(restorer.parameters()).device if any(True for _ in restorer.parameters()) else crops.device
+                with torch.no_grad():
+                    crops = torch.cat([restorer(crops[i:i + batch_size].to(device).contiguous()).clamp(0, 1).cpu()
                                        for i in range(0, crops.shape[0], batch_size)])
             restorer = None
             hook = guidance.build(crops, prior.alphas_cumprod)
         out = restore_faces(crops, prior, restorer=restorer, strength=strength, steps=steps, sampler=sampler,
                             eta=eta, seed=seed, guidance=hook, batch_size=batch_size, progress=StepProgress())
+        if tuple(out.shape[-2:]) != size:
+            out = F.interpolate(out, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
     finally:
         for m in modules:
             offload(m)

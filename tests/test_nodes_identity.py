@@ -80,3 +80,22 @@ def test_guided_restore_moves_identity_toward_the_reference(comfy_pack, folders)
     target = rec.embed(ref.movedim(-1, 1))
     d = [float(1 - (rec.embed(x.movedim(-1, 1)) * target).sum()) for x in [plain] + distances]
     assert d[0] > d[1] > d[2], d
+
+
+def test_zero_strength_guidance_changes_nothing_even_with_resizing(comfy_pack, folders):
+    """With guidance the node runs the backbone itself; it must do so exactly as restore_faces would
+    (at the prior's resolution), so strength 0 equals no guidance for crops of another size."""
+    nodes, rec = _load(comfy_pack)
+    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]  # 32 px prior
+    blur = torch.nn.Conv2d(3, 3, 5, padding=2, groups=3, bias=False)
+    torch.nn.init.constant_(blur.weight, 1 / 25)
+    crops = torch.rand(3, 64, 64, 3)
+    (plain,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, restorer=blur)
+    (spec,) = nodes["BFRIdentityGuidance"]().build(rec, 0.0, 1.0, 0.0, "features", 0.0)
+    (guided,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, restorer=blur,
+                                                       guidance=spec)
+    torch.testing.assert_close(guided, plain, atol=1e-5, rtol=0)
+    bad_masks = torch.ones(7, 64, 64)
+    (spec,) = nodes["BFRIdentityGuidance"]().build(rec, 1.0, 1.0, 0.0, "features", 0.0, mask=bad_masks)
+    with pytest.raises(ValueError):
+        nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, guidance=spec)

@@ -354,3 +354,15 @@ def test_linear_schedule():
     assert torch.equal(alphas_cumprod_from_scheduler_config({"beta_schedule": "linear"}), acp)
     cos = alphas_cumprod_from_scheduler_config({"beta_schedule": "squaredcos_cap_v2"})
     assert cos.dtype == torch.float64 and cos.shape == (1000,) and not torch.allclose(cos, acp)
+
+
+def test_variance_exploding_diffusers_prior_is_refused(tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "ve"
+    shutil.copytree(shared_path(TINY_DIFFUSERS), folder)
+    (folder / "scheduler_config.json").write_text(json.dumps({"_class_name": "ScoreSdeVeScheduler",
+                                                              "num_train_timesteps": 2000}))
+    with pytest.raises(CheckpointError, match="variance-exploding"):
+        load_prior(folder)

@@ -244,7 +244,10 @@ def _load_diffusers(folder: Path, device, dtype, sample_size: int | None) -> Dif
         if cand.is_file():
             sched_cfg = _read_json(cand)
             break
-    acp = alphas_cumprod_from_scheduler_config(sched_cfg) if sched_cfg else linear_alphas_cumprod()
+    try:
+        acp = alphas_cumprod_from_scheduler_config(sched_cfg) if sched_cfg else linear_alphas_cumprod()
+    except ValueError as exc:
+        raise CheckpointError(f"{folder}: {exc}") from exc
 
     in_ch = int(cfg.get("in_channels", 3))
     out_ch = int(cfg.get("out_channels", 3))

@@ -43,6 +43,10 @@ def alphas_cumprod_from_scheduler_config(config: Mapping[str, Any]) -> Tensor:
     'linear' and 'scaled_linear' are computed here in float64; other schedules (cosine, sigmoid,
     trained betas, zero-SNR rescaling) take diffusers' betas and accumulate them in float64.
     """
+    cls = str(config.get("_class_name", ""))
+    if "ScoreSdeVe" in cls or "KarrasVe" in cls:
+        raise ValueError(f"{cls} is a variance-exploding (score-SDE) schedule; only DDPM-style (variance-preserving) "
+                         f"priors work with DifFace's transition")
     n = int(config.get("num_train_timesteps") or 1000)
     start = float(config.get("beta_start", 1e-4))
     end = float(config.get("beta_end", 0.02))
