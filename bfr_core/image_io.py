@@ -27,6 +27,9 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ValueError(f"cannot read image {path} (not an image file, or unsupported format)")
+    if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] == 3):
+        # IMREAD_UNCHANGED ignores EXIF orientation (phone photos would be sideways); these flags apply it.
+        img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if img.ndim == 2 else cv2.IMREAD_COLOR)
     if img.dtype == np.uint16:
         depth, scale = 16, 65535.0
     elif img.dtype == np.uint8:

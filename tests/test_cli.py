@@ -168,3 +168,19 @@ def test_restore_never_overwrites_inputs_and_missing_images_are_errors(tmp_path,
 def test_download_rejects_a_hash_that_contradicts_the_pinned_one(tmp_path):
     with pytest.raises(ValueError, match="differs"):
         model_files.download("face_detection_yunet_2023mar.onnx", tmp_path, expected_sha256="0" * 64)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone JPEG stored sideways with an EXIF 'rotate 90' tag is read upright."""
+    from PIL import Image
+
+    from bfr_core.image_io import read_image
+
+    arr = np.zeros((40, 60, 3), np.uint8)
+    arr[:, :10] = 255  # a white band on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.fromarray(arr).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    img = read_image(tmp_path / "phone.jpg")
+    assert img.rgb.shape == (3, 60, 40)  # displayed upright: 40 wide, 60 high
+    assert float(img.rgb[:, :10].mean()) > 0.9  # the band is now on top
