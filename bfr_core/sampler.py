@@ -394,9 +394,12 @@ class _Context:
         if self.restorer is None:
             return y
         r_dev, r_dtype = _module_device_dtype(self.restorer)
-        x = y.to(device=r_dev or y.device, dtype=r_dtype or torch.float32).contiguous()
+        gray = y.shape[1] == 1  # backbones are RGB: a gray crop goes in as RGB and its luma comes back
+        x = (y.repeat(1, 3, 1, 1) if gray else y).to(device=r_dev or y.device, dtype=r_dtype or torch.float32)
         with torch.no_grad():
-            out = self.restorer(x)
+            out = self.restorer(x.contiguous())
+        if gray and out.ndim == 4 and out.shape[1] == 3:
+            out = _luma(out.float())
         if tuple(out.shape) != tuple(y.shape):
             raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(y.shape)}")
         return out.to(device=y.device, dtype=torch.float32).clamp(0, 1)

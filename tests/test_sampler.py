@@ -478,3 +478,17 @@ def test_restorer_without_spandrel(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match="spandrel"):
         load_restorer(other)
     assert isinstance(load_restorer("none"), IdentityRestorer)
+
+
+def test_gray_crops_with_an_rgb_backbone():
+    """A real backbone only takes RGB: gray crops go in as RGB and come back as their luma."""
+    class RGBOnly(torch.nn.Module):
+        def forward(self, x):
+            assert x.shape[1] == 3, "backbone got a non-RGB input"
+            return (x * torch.tensor([1.0, 0.5, 0.0]).view(1, 3, 1, 1)).clamp(0, 1)
+
+    y = torch.rand(2, 1, 32, 32)
+    out = restore_faces(y, None, restorer=RGBOnly(), strength=0.0)
+    expected = 0.299 * y + 0.587 * 0.5 * y
+    assert out.shape == y.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
