@@ -76,8 +76,8 @@ Memory, dtype, progress
 -----------------------
 Faces run in chunks of ``batch_size``; a ``torch.OutOfMemoryError`` retries the chunk with half the size, down
 to 1, then re-raises (later chunks keep the smaller size). The model runs in ``dtype`` (``None``: the dtype of
-the prior's parameters, float32 for parameter-free callables; a dtype different from the parameters' runs under
-``torch.autocast``); scheduler math and noise are float32. ``progress(done, total)`` is called after every
+the prior's parameters, float32 for parameter-free callables; fp16/bf16 on wider weights runs under
+``torch.autocast``; a dtype wider than the weights is a ValueError); scheduler math and noise are float32. ``progress(done, total)`` is called after every
 denoising step of every chunk with ``total = steps × chunks`` (recomputed after an OOM retry); raising from it
 (e.g. ComfyUI's interrupt) stops the run at once. No call is made when there is nothing to denoise
 (strength 0).
@@ -371,6 +371,10 @@ class _Context:
             if dtype is None:
                 self.model_dtype = param_dtype or torch.float32
             elif param_dtype is not None and dtype != param_dtype:
+                if dtype not in (torch.float16, torch.bfloat16):
+                    # autocast only lowers precision; silently running in the weights' dtype would lie.
+                    raise ValueError(f"dtype {dtype} is wider than the prior's {param_dtype} weights; load the "
+                                     f"prior in {dtype} instead (load_prior(..., dtype={dtype}))")
                 self.model_dtype, self.autocast_dtype = param_dtype, dtype
             else:
                 self.model_dtype = dtype

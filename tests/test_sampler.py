@@ -492,3 +492,10 @@ def test_gray_crops_with_an_rgb_backbone():
     expected = 0.299 * y + 0.587 * 0.5 * y
     assert out.shape == y.shape
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_wider_dtype_than_the_weights_is_refused():
+    prior = ConvPrior(channels=3, size=32)
+    prior.model.to(torch.bfloat16)
+    with pytest.raises(ValueError, match="wider"):
+        restore_faces(torch.rand(1, 3, 32, 32), prior, strength=0.2, steps=2, dtype=torch.float32)
