@@ -48,6 +48,11 @@ def _looks_like_prior(name: str) -> bool:
     return "iddpm" in base or "ddpm" in base or base.startswith("diffusion_pytorch_model")
 
 
+def _looks_like_recognizer(name: str) -> bool:
+    base = os.path.basename(name).lower()
+    return any(k in base for k in ("arcface", "recognition", "glintr", "w600k"))
+
+
 class BFRLoadDiffusionPrior:
     DESCRIPTION = ("Loads a face diffusion prior from ComfyUI/models/facerestore_models: DifFace's "
                    "iddpm_ffhq512_ema500000.pth (as released, or converted to .safetensors), or a diffusers "
@@ -59,7 +64,9 @@ class BFRLoadDiffusionPrior:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = list_models("facerestore_models", WEIGHT_SUFFIXES) or ["iddpm_ffhq512_ema500000.pth"]
+        # Likely priors first, so the default is one (the folder also holds backbones and recognizers).
+        files = sorted(list_models("facerestore_models", WEIGHT_SUFFIXES), key=lambda f: (not _looks_like_prior(f), f))
+        files = files or ["iddpm_ffhq512_ema500000.pth"]
         return {"required": {
             "model_name": (files, {"tooltip": "The prior's weights in ComfyUI/models/facerestore_models."}),
             "dtype": (list(DTYPES), {"default": "auto",
@@ -83,7 +90,7 @@ class BFRLoadRestorer:
     def INPUT_TYPES(cls):
         return {"required": {
             "model_name": (["none"] + [f for f in list_models("facerestore_models", WEIGHT_SUFFIXES)
-                                       if not _looks_like_prior(f)],
+                                       if not _looks_like_prior(f) and not _looks_like_recognizer(f)],
                            {"tooltip": "Backbone weights in ComfyUI/models/facerestore_models, or none."}),
             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weights precision (falls back to fp32 for "
                                                                    "models without half-precision support)."}),

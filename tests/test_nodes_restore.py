@@ -36,6 +36,12 @@ def test_loaders_list_and_load(comfy_pack, models_dir):
     nodes = _nodes(comfy_pack)
     choices = nodes["BFRLoadDiffusionPrior"].INPUT_TYPES()["required"]["model_name"][0]
     assert "tiny_iddpm.pth" in choices
+    (models_dir / "GFPGANv1.4.pth").write_bytes(b"")
+    (models_dir / "recognition_arcface_ir_se50.pth").write_bytes(b"")
+    assert nodes["BFRLoadDiffusionPrior"].INPUT_TYPES()["required"]["model_name"][0][0] == "tiny_iddpm.pth"
+    backbones = nodes["BFRLoadRestorer"].INPUT_TYPES()["required"]["model_name"][0]
+    assert "GFPGANv1.4.pth" in backbones and "tiny_iddpm.pth" not in backbones
+    assert "recognition_arcface_ir_se50.pth" not in backbones
     prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "auto")[0]
     assert prior.sample_size == TINY_CONFIG.image_size and prior.dtype == torch.float32
     assert nodes["BFRLoadRestorer"].INPUT_TYPES()["required"]["model_name"][0][0] == "none"
