@@ -1,6 +1,7 @@
 """The few ComfyUI services the nodes use, imported lazily so the classes import without ComfyUI."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Iterable
@@ -145,6 +146,28 @@ def offload(module: torch.nn.Module) -> None:
         mm.soft_empty_cache()
     except ImportError:
         pass
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """auto: half precision where the device runs it fast (bf16 if supported, else fp16), fp32 on CPU."""
+    if name == "auto":
+        device = torch_device()
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+@contextlib.contextmanager
+def on_device(*modules: torch.nn.Module, extra_bytes: int = 0):
+    """Run the body with the modules on ComfyUI's device; they go back to the offload device afterwards."""
+    try:
+        for module in modules:
+            load_to_device(module, extra_bytes)
+        yield torch_device()
+    finally:
+        for module in modules:
+            offload(module)
 
 
 class StepProgress:

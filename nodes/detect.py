@@ -6,7 +6,7 @@ import torch
 
 from ..bfr_core.detection import SELECT_MODES, SORT_MODES, load_detector
 from ..bfr_core.pipeline import DetectOptions, detect_faces, split_alpha
-from .comfy_glue import Progress, list_models, load_to_device, log, model_path, offload, to_bchw
+from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw
 
 DETECTOR_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
 
@@ -61,14 +61,9 @@ def run_detection(detector, images: torch.Tensor, opts: DetectOptions) -> list:
     Images stay on the CPU: the detector moves one chunk at a time to its device (video batches).
     """
     module = detector if isinstance(detector, torch.nn.Module) else getattr(detector, "model", None)
-    module = module if isinstance(module, torch.nn.Module) else None
-    if module is not None:
-        load_to_device(module)
-    try:
+    modules = [module] if isinstance(module, torch.nn.Module) else []  # YuNet runs in OpenCV
+    with on_device(*modules):
         return detect_faces(detector, images, opts, chunk=4, progress=Progress(images.shape[0]))
-    finally:
-        if module is not None:
-            offload(module)
 
 
 class BFRDetectFaces:

@@ -1,6 +1,7 @@
 """Identity nodes: face recognizer loader, identity guidance settings, face similarity."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ from ..bfr_core.faces import align_faces
 from ..bfr_core.identity import load_recognizer
 from ..bfr_core.identity.guidance import IdentityGuidance
 from ..bfr_core.pipeline import DetectOptions, detect_faces, split_alpha
-from .comfy_glue import list_models, load_to_device, model_path, offload, to_bchw
+from .comfy_glue import list_models, model_path, on_device, resolve_dtype, to_bchw
 
 RECOGNIZER_FOLDERS = ("insightface", "facerestore_models")
 RECOGNIZER_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
@@ -19,9 +20,15 @@ CATEGORY = "face restore/BFR"
 def _recognizer_files() -> list[str]:
     """`folder:file` entries: ONNX/torch files in models/insightface, ArcFace-named files in facerestore_models."""
     out = [f"insightface:{f}" for f in list_models("insightface", RECOGNIZER_SUFFIXES)]
-    for key in ("arcface", "recognition", "backbone", "glint", "w600k"):
-        out += [f"facerestore_models:{f}" for f in list_models("facerestore_models", RECOGNIZER_SUFFIXES, key)]
+    out += [f"facerestore_models:{f}" for f in list_models("facerestore_models", RECOGNIZER_SUFFIXES)
+            if looks_like_recognizer(f)]
     return sorted(set(out)) or ["insightface:antelopev2/glintr100.onnx"]
+
+
+def looks_like_recognizer(name: str) -> bool:
+    """ArcFace files by their usual names; they share models/facerestore_models with priors and backbones."""
+    base = os.path.basename(name).lower()
+    return any(k in base for k in ("arcface", "recognition", "backbone", "glint", "w600k"))
 
 
 @dataclass
@@ -69,7 +76,7 @@ class BFRLoadFaceRecognizer:
 
     def load(self, model_name, dtype):
         folder, _, name = model_name.partition(":")
-        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        dt = resolve_dtype(dtype)
         # Outside inference mode: guidance back-propagates through these weights, and tensors made under
         # ComfyUI's torch.inference_mode() cannot be saved for backward.
         with torch.inference_mode(False):
@@ -135,12 +142,8 @@ class BFRIdentityGuidance:
             raise ValueError(f"end ({end}) must not be larger than start ({start})")
         ref = None
         if reference is not None:
-            try:
-                load_to_device(recognizer.model)
-                recognizer_device = recognizer.device
-                ref = embed_faces(recognizer, to_bchw(reference).to(recognizer_device), detector).cpu()
-            finally:
-                offload(recognizer.model)
+            with on_device(recognizer.model):
+                ref = embed_faces(recognizer, to_bchw(reference).to(recognizer.device), detector).cpu()
         return (GuidanceSpec(recognizer, strength, start, end, mask if mask is not None else mask_mode, ref, fidelity),)
 
 
@@ -167,13 +170,9 @@ class BFRFaceSimilarity:
         if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
             raise ValueError(f"faces_a has {a.shape[0]} faces and faces_b {b.shape[0]}: give the same number, or "
                              f"one face to compare with all")
-        try:
-            load_to_device(recognizer.model)
-            with torch.no_grad():
-                ea = embed_faces(recognizer, a.to(recognizer.device))
-                eb = embed_faces(recognizer, b.to(recognizer.device))
-        finally:
-            offload(recognizer.model)
+        with on_device(recognizer.model), torch.no_grad():
+            ea = embed_faces(recognizer, a.to(recognizer.device))
+            eb = embed_faces(recognizer, b.to(recognizer.device))
         sims = (ea * eb).sum(1).clamp(-1, 1).float().cpu().tolist()
         lines = [f"face {i}: {s:.4f}" for i, s in enumerate(sims)]
         lines.append(f"mean: {sum(sims) / len(sims):.4f}")

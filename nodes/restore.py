@@ -13,24 +13,15 @@ from ..bfr_core.pipeline import DetectOptions, PasteOptions, crop_masks, merge_a
 from ..bfr_core.prior import load_prior
 from ..bfr_core.restorers import load_restorer
 from ..bfr_core.sampler import DEFAULT_STRENGTH, SAMPLERS, restore_faces
-from .comfy_glue import (StepProgress, list_models, load_to_device, log, model_path, offload, to_bchw,
-                         to_bhwc, torch_device)
+from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw,
+                         to_bhwc)
 from .detect import run_detection
+from .identity import looks_like_recognizer
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_STEPS = 20
 CATEGORY = "face restore/BFR"
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """auto: half precision where the device runs it fast (bf16 if supported, else fp16), fp32 on CPU."""
-    if name == "auto":
-        device = torch_device()
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def _prior_path(name: str) -> str:
@@ -46,11 +37,6 @@ def _looks_like_prior(name: str) -> bool:
     """Diffusion priors share models/facerestore_models with backbones; keep them out of the backbone list."""
     base = os.path.basename(name).lower()
     return "iddpm" in base or "ddpm" in base or base.startswith("diffusion_pytorch_model")
-
-
-def _looks_like_recognizer(name: str) -> bool:
-    base = os.path.basename(name).lower()
-    return any(k in base for k in ("arcface", "recognition", "glintr", "w600k"))
 
 
 class BFRLoadDiffusionPrior:
@@ -90,7 +76,7 @@ class BFRLoadRestorer:
     def INPUT_TYPES(cls):
         return {"required": {
             "model_name": (["none"] + [f for f in list_models("facerestore_models", WEIGHT_SUFFIXES)
-                                       if not _looks_like_prior(f) and not _looks_like_recognizer(f)],
+                                       if not _looks_like_prior(f) and not looks_like_recognizer(f)],
                            {"tooltip": "Backbone weights in ComfyUI/models/facerestore_models, or none."}),
             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weights precision (falls back to fp32 for "
                                                                    "models without half-precision support)."}),
@@ -136,9 +122,7 @@ def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, samp
     # Crops stay on the CPU: restore_faces moves one chunk at a time to the models' device and back,
     # so device memory follows batch_size, not the number of faces (video batches).
     crops = crops_bchw.cpu()
-    try:
-        for m in modules:
-            load_to_device(m, extra_bytes=batch_size * 512 * 512 * 4 * 64)
+    with on_device(*modules, extra_bytes=batch_size * 512 * 512 * 4 * 64) as device:
         hook, size = None, tuple(crops.shape[-2:])
         if guidance is not None:
             # The backbone runs here, at the prior's resolution as inside restore_faces, so that its
@@ -148,7 +132,6 @@ def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, samp
                 crops = F.interpolate(crops, size=(s, s), mode="bicubic", antialias=True,
                                       align_corners=False).clamp(0, 1)
             if restorer is not None:
-                device = next(restorer.parameters()).device if any(True for _ in restorer.parameters()) else crops.device
                 with torch.no_grad():
                     crops = torch.cat([restorer(crops[i:i + batch_size].to(device).contiguous()).clamp(0, 1).cpu()
                                        for i in range(0, crops.shape[0], batch_size)])
@@ -158,9 +141,6 @@ def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, samp
                             eta=eta, seed=seed, guidance=hook, batch_size=batch_size, progress=StepProgress())
         if tuple(out.shape[-2:]) != size:
             out = F.interpolate(out, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    finally:
-        for m in modules:
-            offload(m)
     return out
 
 
