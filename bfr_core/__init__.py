@@ -21,14 +21,15 @@ from .paste import match_colors, paste_faces
 from .pipeline import DetectOptions, PasteOptions, RestoreResult, detect_faces, restore_images
 from .prior import DiffusionPrior, load_prior
 from .restorers import load_restorer
-from .sampler import DenoiserPrior, Guidance, official_timesteps, restore_faces, strength_to_timestep
+from .sampler import (DenoiserPrior, Guidance, backbone_estimate, official_timesteps, restore_faces,
+                      strength_to_timestep)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlignedFaces", "CheckpointError", "DenoiserPrior", "DetectOptions", "DiffusionPrior", "FaceDetections",
-    "Guidance", "IdentityGuidance", "PasteOptions", "cosine_distance", "load_recognizer", "RestoreResult", "load_prior", "load_restorer", "official_timesteps",
-    "restore_faces", "strength_to_timestep",
+    "Guidance", "IdentityGuidance", "PasteOptions", "RestoreResult", "backbone_estimate", "cosine_distance",
+    "load_prior", "load_recognizer", "load_restorer", "official_timesteps", "restore_faces", "strength_to_timestep",
     "align_faces", "align_matrices", "detect_faces", "estimate_similarity", "ffhq_template", "load_detector",
     "load_state_dict", "match_colors", "paste_faces", "restore_images", "select_faces", "template_mask",
     "warp_affine", "warp_faces",

@@ -61,7 +61,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def _crop_restorer(args: argparse.Namespace):
     """The crop → crop function for `restore`: backbone only, or backbone + diffusion prior."""
     from .restorers import load_restorer
-    from .sampler import restore_faces
+    from .sampler import backbone_estimate, restore_faces
 
     dtype = DTYPES[args.dtype]
     restorer_path = None if args.restorer == "none" else model_files.resolve_model(args.restorer, args.models_dir)
@@ -69,7 +69,9 @@ def _crop_restorer(args: argparse.Namespace):
     if args.prior is None:
         if args.recognizer:
             raise SystemExit("--recognizer (identity guidance) needs --prior")
-        return None if args.restorer == "none" else (lambda crops: restorer(crops.contiguous()).clamp(0, 1)), 512
+        if args.restorer == "none":
+            return None, 512
+        return (lambda crops: backbone_estimate(crops, restorer, batch_size=args.batch_size)), 512
     from .prior import load_prior
 
     prior = load_prior(model_files.resolve_model(args.prior, args.models_dir), device=args.device, dtype=dtype)
@@ -89,7 +91,8 @@ def _crop_restorer(args: argparse.Namespace):
         if recognizer is not None:
             from .identity.guidance import IdentityGuidance
 
-            crops, f = restorer(crops.contiguous()).clamp(0, 1), None  # the estimate is also the blind target
+            # f(y) at the prior's size, computed once: the sampler's input and the blind identity target.
+            crops, f = backbone_estimate(crops, restorer, int(prior.sample_size), args.batch_size), None
             guidance = IdentityGuidance(recognizer, strength=args.identity_strength, reference=reference,
                                         alphas_cumprod=prior.alphas_cumprod)
             if reference is None:
@@ -183,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default="ddim")
     p.add_argument("--eta", type=float, default=0.5, help="DDIM noise (DifFace: 0.5)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4, help="faces per UNet call")
+    p.add_argument("--batch-size", type=int, default=4, help="faces per backbone/UNet call (halved on out-of-memory)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--crop-size", type=int, default=0, help="aligned crop size (default: the prior's, 512)")
     p.add_argument("--recognizer", help="face recognizer for identity guidance (glintr100.onnx, backbone.pth, "

@@ -28,13 +28,22 @@ class FaceParser:
         return next(self.model.parameters()).device
 
     @torch.inference_mode()
-    def labels(self, crops: Tensor) -> Tensor:
-        """crops [N, 3, H, W] RGB in [0, 1] → class map [N, H, W] (long)."""
+    def labels(self, crops: Tensor, batch_size: int = 8) -> Tensor:
+        """crops [N, 3, H, W] RGB in [0, 1] → class map [N, H, W] (long) on the crops' device.
+
+        Runs ``batch_size`` crops at a time on the model's device, so memory does not grow with N.
+        """
+        if crops.ndim != 4 or crops.shape[1] != 3:
+            raise ValueError(f"face parsing needs RGB crops [N, 3, H, W], got {tuple(crops.shape)}")
+        return torch.cat([self._labels(crops[i:i + batch_size]) for i in range(0, crops.shape[0], max(1, batch_size))])
+
+    def _labels(self, crops: Tensor) -> Tensor:
         import torch.nn.functional as F
 
         h, w = crops.shape[-2:]
-        x = F.interpolate(crops.float(), size=(512, 512), mode="bilinear", align_corners=False, antialias=True)
-        x = x.to(self.device, next(self.model.parameters()).dtype)
+        dtype = next(self.model.parameters()).dtype
+        x = F.interpolate(crops.to(self.device, torch.float32), size=(512, 512), mode="bilinear",
+                          align_corners=False, antialias=True).to(dtype)
         if self.kind == "bisenet":
             mean = torch.tensor([0.485, 0.456, 0.406], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
             std = torch.tensor([0.229, 0.224, 0.225], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)

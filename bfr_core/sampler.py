@@ -291,22 +291,69 @@ def restore_faces(
         return crops.clamp(0, 1).clone()  # nothing to do: f = identity, no diffusion
 
     ctx = _Context.build(crops, prior, restorer, t_start, timesteps, sampler, float(eta), seed, guidance, dtype)
-    out_device = crops.device
-    n_total = crops.shape[0]
+
+    def run(start: int, n: int, report: Callable[[int], None]) -> Tensor:
+        out = ctx.run_chunk(crops[start:start + n], torch.arange(start, start + n), report)
+        return out.to(device=crops.device, dtype=crops.dtype)
+
+    return torch.cat(_run_chunked(run, crops.shape[0], batch_size, len(timesteps), progress))
+
+
+def backbone_estimate(
+    crops: Tensor,
+    restorer: Restorer | None,
+    size: int | tuple[int, int] | None = None,
+    batch_size: int = 4,
+    progress: ProgressCallback | None = None,
+) -> Tensor:
+    """f(y): the backbone's estimate of each crop, exactly as `restore_faces` computes it before diffusion.
+
+    ``crops`` [B, C, H, W] in [0, 1] are resized to ``size`` (the prior's ``sample_size``; None keeps H×W) like
+    `restore_faces` does, run through ``restorer`` (None = identity) on its own device/dtype in chunks of
+    ``batch_size`` (halved on out-of-memory), and returned at ``size`` in [0, 1] as float32 on the crops' device.
+    ``restore_faces(backbone_estimate(y, f, S), prior, restorer=None)`` equals ``restore_faces(y, prior, restorer=f)``
+    for a prior of size S, so the estimate can also serve as the blind identity target. ``progress(done, total)``
+    counts chunks.
+    """
+    if not isinstance(crops, Tensor) or crops.ndim != 4 or not crops.is_floating_point():
+        raise ValueError(f"crops must be a float [B, C, H, W] tensor, got {getattr(crops, 'shape', type(crops))}")
+    if not bool(torch.isfinite(crops).all()):
+        raise ValueError("crops contain NaN or infinite values")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    hw = tuple(crops.shape[-2:]) if size is None else ((int(size), int(size)) if isinstance(size, int) else
+                                                       tuple(int(v) for v in size))
+
+    def run(start: int, n: int, report: Callable[[int], None]) -> Tensor:
+        y = _resize(crops[start:start + n].float().clamp(0, 1), hw)
+        out = _apply_restorer(restorer, y).to(crops.device)
+        report(1)
+        return out
+
+    if crops.shape[0] == 0:
+        return crops.new_zeros(0, crops.shape[1], *hw, dtype=torch.float32)
+    return torch.cat(_run_chunked(run, crops.shape[0], int(batch_size), 1, progress))
+
+
+def _run_chunked(run: Callable[[int, int, Callable[[int], None]], Tensor], n_total: int, batch_size: int,
+                 steps_per_chunk: int, progress: ProgressCallback | None) -> list[Tensor]:
+    """Call ``run(start, n, report)`` over [0, n_total) in chunks of ``batch_size``, halving on out-of-memory.
+
+    ``report(i)`` (i of ``steps_per_chunk`` done in this chunk) drives ``progress(done, total)``, whose total
+    is recomputed after a retry. A chunk of one that still runs out of memory re-raises.
+    """
     results: list[Tensor] = []
-    chunk = batch_size
-    start = 0
-    done = 0
+    chunk, start, done = batch_size, 0, 0
     while start < n_total:
         n = min(chunk, n_total - start)
-        total = done + len(timesteps) * math.ceil((n_total - start) / chunk)
+        total = done + steps_per_chunk * math.ceil((n_total - start) / chunk)
 
         def report(i: int, _done=done, _total=total) -> None:
             if progress is not None:
                 progress(_done + i, _total)
 
         try:
-            out = ctx.run_chunk(crops[start:start + n], torch.arange(start, start + n), report)
+            out = run(start, n, report)
         except _OOM_ERROR:
             if n <= 1:
                 raise
@@ -314,10 +361,10 @@ def restore_faces(
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue
-        results.append(out.to(device=out_device, dtype=crops.dtype))
-        done += len(timesteps)
+        results.append(out)
+        done += steps_per_chunk
         start += n
-    return torch.cat(results)
+    return results
 
 
 # ------------------------------------------------------------------------------------------ internals
@@ -345,6 +392,22 @@ def _resize(x: Tensor, hw: tuple[int, int]) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(hw):
         return x
     return F.interpolate(x, size=hw, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+
+
+def _apply_restorer(restorer: Restorer | None, y: Tensor) -> Tensor:
+    """The backbone on one chunk y [n, C, H, W] float32 in [0, 1] → float32 in [0, 1] on y's device."""
+    if restorer is None:
+        return y
+    r_dev, r_dtype = _module_device_dtype(restorer)
+    gray = y.shape[1] == 1  # backbones are RGB: a gray crop goes in as RGB and its luma comes back
+    x = (y.repeat(1, 3, 1, 1) if gray else y).to(device=r_dev or y.device, dtype=r_dtype or torch.float32)
+    with torch.no_grad():
+        out = restorer(x.contiguous())
+    if gray and out.ndim == 4 and out.shape[1] == 3:
+        out = _luma(out.float())
+    if tuple(out.shape) != tuple(y.shape):
+        raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(y.shape)}")
+    return out.to(device=y.device, dtype=torch.float32).clamp(0, 1)
 
 
 class _Context:
@@ -394,20 +457,6 @@ class _Context:
         return self
 
     # --- pieces
-    def _restore(self, y: Tensor) -> Tensor:
-        if self.restorer is None:
-            return y
-        r_dev, r_dtype = _module_device_dtype(self.restorer)
-        gray = y.shape[1] == 1  # backbones are RGB: a gray crop goes in as RGB and its luma comes back
-        x = (y.repeat(1, 3, 1, 1) if gray else y).to(device=r_dev or y.device, dtype=r_dtype or torch.float32)
-        with torch.no_grad():
-            out = self.restorer(x.contiguous())
-        if gray and out.ndim == 4 and out.shape[1] == 3:
-            out = _luma(out.float())
-        if tuple(out.shape) != tuple(y.shape):
-            raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(y.shape)}")
-        return out.to(device=y.device, dtype=torch.float32).clamp(0, 1)
-
     def _eps(self, x: Tensor, t: int) -> Tensor:
         tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         ac = (torch.autocast(x.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
@@ -451,7 +500,7 @@ class _Context:
         hw = tuple(y.shape[-2:])
         y = y.to(device=self.device, dtype=torch.float32).clamp(0, 1)
         work_hw = self.size or hw
-        f = self._restore(_resize(y, work_hw))
+        f = _apply_restorer(self.restorer, _resize(y, work_hw))
         if self.t_start == 0:
             return _resize(f, hw)
 
@@ -495,6 +544,7 @@ __all__ = [
     "OFFICIAL_STEPS",
     "OFFICIAL_T_START",
     "SAMPLERS",
+    "backbone_estimate",
     "denoising_timesteps",
     "is_official",
     "official_timesteps",

@@ -1,6 +1,8 @@
 """Align faces to the FFHQ template, and paste (restored) crops back."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from ..bfr_core.align import BORDER_MODES
@@ -8,7 +10,7 @@ from ..bfr_core.faces import align_faces
 from ..bfr_core.parsing import load_face_parser
 from ..bfr_core.paste import COLOR_MATCH_MODES, paste_faces
 from ..bfr_core.pipeline import PasteOptions, crop_masks, merge_alpha, split_alpha
-from .comfy_glue import Progress, list_models, log, model_path, to_bchw, to_bhwc
+from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw, to_bhwc
 
 MASK_MODES = ("ellipse", "square", "parsing")
 
@@ -47,6 +49,20 @@ class BFRAlignFaces:
             log.info("BFR Align Faces: no faces to align; outputting a placeholder crop")
             crops = rgb.new_zeros(1, 3, crop_size, crop_size)
         return (to_bhwc(crops), faces)
+
+
+# The last parsing model used, keyed by (path, mtime, size): video frames and re-runs do not reload it.
+_PARSER_CACHE: dict[tuple, object] = {}
+
+
+def _face_parser(name: str):
+    path = model_path("facedetection", name)
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _PARSER_CACHE:
+        _PARSER_CACHE.clear()
+        _PARSER_CACHE[key] = load_face_parser(path)
+    return _PARSER_CACHE[key]
 
 
 def _parsing_files() -> list[str]:
@@ -96,7 +112,10 @@ class BFRPasteFaces:
             if parsing_model == "none":
                 raise ValueError("mask=parsing needs a parsing model: put parsing_bisenet.pth or "
                                  "parsing_parsenet.pth in ComfyUI/models/facedetection and pick it")
-            parser = load_face_parser(model_path("facedetection", parsing_model))
-        masks = crop_masks(crops_t, PasteOptions(mask, feather, color_match), parser)
+            parser = _face_parser(parsing_model)
+            with on_device(parser.model):
+                masks = crop_masks(crops_t, PasteOptions(mask, feather, color_match), parser)
+        else:
+            masks = crop_masks(crops_t, PasteOptions(mask, feather, color_match))
         out, coverage = paste_faces(rgb, crops_t, faces, masks, color_match, progress=Progress(len(faces)))
         return (to_bhwc(merge_alpha(out, alpha, images.shape[1])), coverage.float().cpu())

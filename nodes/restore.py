@@ -12,7 +12,7 @@ from ..bfr_core.paste import COLOR_MATCH_MODES, paste_faces
 from ..bfr_core.pipeline import DetectOptions, PasteOptions, crop_masks, merge_alpha, split_alpha
 from ..bfr_core.prior import load_prior
 from ..bfr_core.restorers import load_restorer
-from ..bfr_core.sampler import DEFAULT_STRENGTH, SAMPLERS, restore_faces
+from ..bfr_core.sampler import DEFAULT_STRENGTH, SAMPLERS, backbone_estimate, restore_faces
 from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw,
                          to_bhwc)
 from .detect import run_detection
@@ -122,19 +122,12 @@ def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, samp
     # Crops stay on the CPU: restore_faces moves one chunk at a time to the models' device and back,
     # so device memory follows batch_size, not the number of faces (video batches).
     crops = crops_bchw.cpu()
-    with on_device(*modules, extra_bytes=batch_size * 512 * 512 * 4 * 64) as device:
+    with on_device(*modules, extra_bytes=batch_size * 512 * 512 * 4 * 64):
         hook, size = None, tuple(crops.shape[-2:])
         if guidance is not None:
             # The backbone runs here, at the prior's resolution as inside restore_faces, so that its
             # estimates can also be the blind identity target.
-            s = int(prior.sample_size)
-            if size != (s, s):
-                crops = F.interpolate(crops, size=(s, s), mode="bicubic", antialias=True,
-                                      align_corners=False).clamp(0, 1)
-            if restorer is not None:
-                with torch.no_grad():
-                    crops = torch.cat([restorer(crops[i:i + batch_size].to(device).contiguous()).clamp(0, 1).cpu()
-                                       for i in range(0, crops.shape[0], batch_size)])
+            crops = backbone_estimate(crops, restorer, int(prior.sample_size), batch_size, progress=StepProgress())
             restorer = None
             hook = guidance.build(crops, prior.alphas_cumprod)
         out = restore_faces(crops, prior, restorer=restorer, strength=strength, steps=steps, sampler=sampler,

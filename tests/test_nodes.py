@@ -1,9 +1,13 @@
 """Node contract, run without ComfyUI: the pack is imported the way ComfyUI imports it, with stand-ins."""
 
+import sys
+
 import pytest
 import torch
 
+from bfr_core.faces import align_faces
 from conftest import load_rgb, shared_path
+from test_paste import _faces_at
 
 NODE_IDS = {"BFRLoadFaceDetector", "BFRDetectFaces", "BFRAlignFaces", "BFRPasteFaces"}
 
@@ -179,3 +183,48 @@ def test_parsing_mask_follows_the_labels():
     assert float(mask[:, 240:272, 240:272].min()) > 0.99
     assert float(mask[:, :64, :].max()) < 0.01
     assert float(mask[:, 100:412, 100:412].mean()) > float(mask.mean())
+
+
+def test_parsing_labels_are_the_same_in_chunks():
+    from bfr_core.parsing import FaceParser
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 19, 3, padding=1))
+    parser = FaceParser(_Tuple(net), "parsenet")
+    crops = torch.rand(5, 3, 64, 64)
+    assert torch.equal(parser.labels(crops, batch_size=2), parser.labels(crops, batch_size=8))
+    with pytest.raises(ValueError, match="RGB"):
+        parser.labels(torch.rand(2, 1, 64, 64))
+
+
+class _Tuple(torch.nn.Module):
+    """facexlib's parsing networks return a tuple whose first item is the logits."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return (self.net(x),)
+
+
+def test_paste_node_loads_the_parsing_model_once(comfy_pack, tmp_path, monkeypatch):
+    import folder_paths
+    from facexlib.parsing.bisenet import BiSeNet
+
+    torch.manual_seed(0)
+    torch.save(BiSeNet(num_class=19).state_dict(), tmp_path / "parsing_bisenet.pth")
+    folder_paths.folder_names_and_paths["facedetection"] = ([str(tmp_path)], {".pth", ".onnx"})
+    align_module = sys.modules["bfr_pack_under_test.nodes.align"]
+    loads = []
+    real = align_module.load_face_parser
+    monkeypatch.setattr(align_module, "load_face_parser", lambda p: loads.append(p) or real(p))
+    monkeypatch.setattr(align_module, "_PARSER_CACHE", {})
+    img = torch.rand(1, 3, 96, 96)
+    crops, faces = align_faces(img, _faces_at(img, [(48.0, 48.0)]), 64)
+    img, crops = img.movedim(1, -1), crops.movedim(1, -1)
+    paste = comfy_pack.NODE_CLASS_MAPPINGS["BFRPasteFaces"]()
+    first = paste.paste(img, crops, faces, "parsing", 0.1, "none", "parsing_bisenet.pth")
+    second = paste.paste(img, crops, faces, "parsing", 0.1, "none", "parsing_bisenet.pth")
+    assert len(loads) == 1
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])

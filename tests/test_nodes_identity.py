@@ -99,3 +99,28 @@ def test_zero_strength_guidance_changes_nothing_even_with_resizing(comfy_pack, f
     (spec,) = nodes["BFRIdentityGuidance"]().build(rec, 1.0, 1.0, 0.0, "features", 0.0, mask=bad_masks)
     with pytest.raises(ValueError):
         nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, guidance=spec)
+
+
+def test_guided_backbone_pass_survives_out_of_memory(comfy_pack, folders):
+    """With guidance the node runs the backbone itself: an out-of-memory there halves the chunk like the UNet's."""
+    nodes, rec = _load(comfy_pack)
+    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    sizes = []
+
+    class Picky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.9))
+
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            if x.shape[0] > 1:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return x * self.w
+
+    crops = torch.rand(3, 32, 32, 3)
+    (spec,) = nodes["BFRIdentityGuidance"]().build(rec, 1.0, 1.0, 0.0, "features", 0.0)
+    (out,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.0, 3, "ddim", 0.5, 0, 4, restorer=Picky(),
+                                                    guidance=spec)
+    assert sizes[:2] == [3, 1] and set(sizes[1:]) == {1}
+    torch.testing.assert_close(out, (crops * 0.9).clamp(0, 1), atol=1e-6, rtol=0)

@@ -19,6 +19,7 @@ from bfr_core.checkpoint import CheckpointError
 from bfr_core.restorers import IdentityRestorer, load_restorer
 from bfr_core.sampler import (
     DenoiserPrior,
+    backbone_estimate,
     denoising_timesteps,
     is_official,
     official_timesteps,
@@ -499,3 +500,43 @@ def test_wider_dtype_than_the_weights_is_refused():
     prior.model.to(torch.bfloat16)
     with pytest.raises(ValueError, match="wider"):
         restore_faces(torch.rand(1, 3, 32, 32), prior, strength=0.2, steps=2, dtype=torch.float32)
+
+
+def test_backbone_estimate_is_what_restore_faces_starts_from():
+    """f(y) resized to the prior's size; restore_faces(f(y), restorer=None) == restore_faces(y, restorer=f)."""
+    prior = ConvPrior(size=32)
+    y = torch.rand(3, 3, 48, 48, generator=torch.Generator().manual_seed(4))
+
+    def f(x):
+        return (x * 0.8 + 0.1) ** 1.2
+
+    est = backbone_estimate(y, f, prior.sample_size, batch_size=2)
+    assert est.shape == (3, 3, 32, 32) and est.dtype == torch.float32
+    y32 = F.interpolate(y, size=(32, 32), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(est, f(y32).clamp(0, 1), atol=1e-6, rtol=0)
+    kw = dict(strength=0.3, steps=4, seed=2, batch_size=2)
+    crops = y[:, :, :32, :32]  # at the prior's own size the two paths are the same computation
+    assert torch.equal(restore_faces(backbone_estimate(crops, f, 32), prior, **kw),
+                       restore_faces(crops, prior, restorer=f, **kw))
+    assert torch.equal(backbone_estimate(crops, None), crops)  # no backbone, no resize: the crops themselves
+    assert backbone_estimate(y[:0], f, 32).shape == (0, 3, 32, 32)
+    with pytest.raises(ValueError, match="NaN"):
+        backbone_estimate(torch.full((1, 3, 8, 8), float("nan")), f)
+
+
+def test_backbone_estimate_halves_chunks_on_oom_and_reports_progress():
+    sizes, calls = [], []
+
+    def picky(x):
+        sizes.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return x.flip(-1)
+
+    y = torch.rand(5, 3, 16, 16)
+    out = backbone_estimate(y, picky, batch_size=4, progress=lambda d, t: calls.append((d, t)))
+    assert torch.equal(out, y.flip(-1))
+    assert sizes == [4, 2, 2, 1]
+    assert calls[-1] == (3, 3)  # after the retry: 3 chunks of at most 2
+    with pytest.raises(torch.OutOfMemoryError):
+        backbone_estimate(y, lambda x: (_ for _ in ()).throw(torch.OutOfMemoryError("always")), batch_size=4)

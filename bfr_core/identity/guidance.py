@@ -414,19 +414,22 @@ class IdentityGuidance:
                     feature_mask(max(size), "cpu")[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
                 self._mask_cache[key] = m.to(device)[None, None]
             return self._mask_cache[key].expand(len(faces), -1, -1, -1)
-        m = self._mask
-        key = ("tensor", size, str(device))
+        # Per-face data of every face stays on the CPU; only the chunk's rows go to the device.
+        key = ("tensor", size)
         if key not in self._mask_cache:
-            r = m[:, None]
+            r = self._mask[:, None]
             if tuple(r.shape[-2:]) != size:
                 r = F.interpolate(r, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
                 r = torch.where(r < 1e-6, torch.zeros_like(r), r)  # exact zeros stay zeros despite rounding
-            self._mask_cache[key] = r.to(device)
+            self._mask_cache[key] = r
         r = self._mask_cache[key]
         if r.shape[0] == 1:
-            return r.expand(len(faces), -1, -1, -1)
+            shared = ("tensor", size, str(device))
+            if shared not in self._mask_cache:
+                self._mask_cache[shared] = r.to(device)
+            return self._mask_cache[shared].expand(len(faces), -1, -1, -1)
         self._check_index(faces, r.shape[0], "masks")
-        return r[faces.to(r.device)]
+        return r[faces.cpu()].to(device)
 
     @staticmethod
     def _check_index(faces: Tensor, n: int, name: str) -> None:
@@ -447,13 +450,13 @@ class IdentityGuidance:
         if self._anchor is None:
             raise ValueError("fidelity > 0 needs prepare(images) (the backbone estimates to stay close to)")
         self._check_index(faces, self._anchor.shape[0], "fidelity anchors")
-        key = ("anchor", size, str(device))
-        if key not in self._mask_cache:
+        key = ("anchor", size)
+        if key not in self._mask_cache:  # kept on the CPU like the anchors; the chunk's rows go to the device
             a = self._anchor
             if tuple(a.shape[-2:]) != size:
                 a = F.interpolate(a, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-            self._mask_cache[key] = (a * 2 - 1).to(device)
-        return self._mask_cache[key][faces.to(device)]
+            self._mask_cache[key] = a * 2 - 1
+        return self._mask_cache[key][faces.cpu()].to(device)
 
     def __call__(self, x_t: Tensor, t: int, x0_pred: Tensor, *, faces: Tensor) -> Tensor:
         """The sampler hook: correction c [n, C, S, S] float32 on x0_pred's device (module docstring)."""
