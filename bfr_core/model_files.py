@@ -70,10 +70,12 @@ def expectation_hint(path: str | os.PathLike) -> str:
 
 def comfy_models_dir(start: Path | None = None) -> Path | None:
     """`ComfyUI/models` when this package sits in `ComfyUI/custom_nodes/<pack>`, else None."""
-    here = (start or Path(__file__)).resolve()
-    for parent in here.parents:
-        if parent.name == "custom_nodes" and (parent.parent / "models").is_dir():
-            return parent.parent / "models"
+    here = Path(os.path.abspath(start or __file__))
+    # The path as imported first: a pack symlinked into custom_nodes resolves to somewhere else.
+    for path in (here, here.resolve()):
+        for parent in path.parents:
+            if parent.name == "custom_nodes" and (parent.parent / "models").is_dir():
+                return parent.parent / "models"
     return None
 
 

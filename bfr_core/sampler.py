@@ -325,7 +325,7 @@ def backbone_estimate(
                                                        tuple(int(v) for v in size))
 
     def run(start: int, n: int, report: Callable[[int], None]) -> Tensor:
-        y = _resize(crops[start:start + n].float().clamp(0, 1), hw)
+        y = resize_crops(crops[start:start + n].float().clamp(0, 1), hw)
         out = _apply_restorer(restorer, y).to(crops.device)
         report(1)
         return out
@@ -388,7 +388,8 @@ def _luma(x: Tensor) -> Tensor:
     return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
 
 
-def _resize(x: Tensor, hw: tuple[int, int]) -> Tensor:
+def resize_crops(x: Tensor, hw: tuple[int, int]) -> Tensor:
+    """The resize `restore_faces` uses between crop and prior sizes: antialiased bicubic, clamped to [0, 1]."""
     if tuple(x.shape[-2:]) == tuple(hw):
         return x
     return F.interpolate(x, size=hw, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
@@ -500,9 +501,9 @@ class _Context:
         hw = tuple(y.shape[-2:])
         y = y.to(device=self.device, dtype=torch.float32).clamp(0, 1)
         work_hw = self.size or hw
-        f = _apply_restorer(self.restorer, _resize(y, work_hw))
+        f = _apply_restorer(self.restorer, resize_crops(y, work_hw))
         if self.t_start == 0:
-            return _resize(f, hw)
+            return resize_crops(f, hw)
 
         c = y.shape[1]
         x0 = f if self.cp == c else (_luma(f) if self.cp == 1 else f.repeat(1, 3, 1, 1))
@@ -532,7 +533,7 @@ class _Context:
         r = ((x.float() + 1.0) * 0.5).clamp(0, 1)
         if self.cp != c:
             r = (f + (r - _luma(f))).clamp(0, 1) if self.cp == 1 else _luma(r).clamp(0, 1)
-        return _resize(r, hw)
+        return resize_crops(r, hw)
 
 
 __all__ = [
@@ -548,6 +549,7 @@ __all__ = [
     "denoising_timesteps",
     "is_official",
     "official_timesteps",
+    "resize_crops",
     "restore_faces",
     "strength_to_timestep",
     "timestep_to_strength",

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 
 from ..bfr_core.detection import SELECT_MODES
 from ..bfr_core.faces import align_faces
@@ -12,7 +11,7 @@ from ..bfr_core.paste import COLOR_MATCH_MODES, paste_faces
 from ..bfr_core.pipeline import DetectOptions, PasteOptions, crop_masks, merge_alpha, split_alpha
 from ..bfr_core.prior import load_prior
 from ..bfr_core.restorers import load_restorer
-from ..bfr_core.sampler import DEFAULT_STRENGTH, SAMPLERS, backbone_estimate, restore_faces
+from ..bfr_core.sampler import DEFAULT_STRENGTH, SAMPLERS, backbone_estimate, resize_crops, restore_faces
 from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw,
                          to_bhwc)
 from .detect import run_detection
@@ -132,9 +131,7 @@ def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, samp
             hook = guidance.build(crops, prior.alphas_cumprod)
         out = restore_faces(crops, prior, restorer=restorer, strength=strength, steps=steps, sampler=sampler,
                             eta=eta, seed=seed, guidance=hook, batch_size=batch_size, progress=StepProgress())
-        if tuple(out.shape[-2:]) != size:
-            out = F.interpolate(out, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    return out
+    return resize_crops(out, size)  # guided runs come back at the prior's size
 
 
 class BFRDiffusionRestore:

@@ -114,6 +114,13 @@ def test_comfyui_models_folder_is_found(tmp_path):
     pack.mkdir(parents=True)
     (tmp_path / "ComfyUI" / "models").mkdir()
     assert model_files.comfy_models_dir(pack / "model_files.py") == tmp_path / "ComfyUI" / "models"
+    # A pack symlinked into custom_nodes (a common dev set-up) finds the models of the tree it is linked into.
+    real = tmp_path / "src" / "bfr" / "bfr_core"
+    real.mkdir(parents=True)
+    (tmp_path / "ComfyUI" / "custom_nodes" / "linked").symlink_to(tmp_path / "src" / "bfr")
+    linked = tmp_path / "ComfyUI" / "custom_nodes" / "linked" / "bfr_core" / "model_files.py"
+    assert model_files.comfy_models_dir(linked) == tmp_path / "ComfyUI" / "models"
+    assert model_files.comfy_models_dir(real / "model_files.py") is None
 
 
 def test_restore_with_a_diffusion_prior(tmp_path, yunet_path, capsys):
