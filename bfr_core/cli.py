@@ -134,17 +134,27 @@ def cmd_restore(args: argparse.Namespace) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     paste = PasteOptions(mask=args.mask, color_match=args.color_match)
     inputs = {Path(p).resolve() for p in args.images}
-    written: set[Path] = set()
-    for path in args.images:
+    targets: list[Path] = []
+    for path in args.images:  # checked before any work: a clash must not surface after an hour of restoring
         target = outdir / (Path(path).stem + ".png")
-        if target.resolve() in inputs or target.resolve() in written:
+        if target.resolve() in inputs or target.resolve() in {t.resolve() for t in targets}:
             raise ValueError(f"{target} would overwrite an input or another result; choose another -o folder")
-        written.add(target.resolve())
-        img = read_image(path)
-        images = img.rgb[None].to(args.device)
-        res = restore_images(images, detector, restore_fn, _options(args), paste, crop_size=crop_size)
-        write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
+        targets.append(target)
+    failed: list[str] = []
+    for path, target in zip(args.images, targets):
+        try:
+            img = read_image(path)
+            images = img.rgb[None].to(args.device)
+            res = restore_images(images, detector, restore_fn, _options(args), paste, crop_size=crop_size)
+            write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
+        except (ValueError, OSError) as exc:  # one unreadable photo must not stop a whole folder
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            failed.append(str(path))
+            continue
         print(f"{path}: {len(res.faces)} face(s) -> {target}")
+    if failed:
+        print(f"error: {len(failed)} of {len(targets)} image(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .atomic_files import publish, temp_beside
+
 
 @dataclass
 class LoadedImage:
@@ -67,5 +69,11 @@ def write_image(path: str | os.PathLike, rgb: Tensor, alpha: Tensor | None = Non
     ok, buf = cv2.imencode(Path(path).suffix or ".png", out)
     if not ok:
         raise ValueError(f"cannot encode image for {path}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    buf.tofile(str(path))
+    path = Path(path)
+    fd, tmp = temp_beside(path)  # an interrupted run never leaves a truncated result behind
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.tobytes())
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

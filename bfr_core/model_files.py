@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from .atomic_files import publish, temp_beside
 
 ENV_MODELS_DIR = "BFR_MODELS_DIR"
 
@@ -152,9 +153,7 @@ def download(name: str, dest_root: str | os.PathLike, expected_sha256: str | Non
         raise ValueError(f"{name} has no pinned sha256 in this release; pass --sha256 HASH (from the model's "
                          f"publisher) or --allow-unpinned to accept whatever the URL serves (its sha256 is printed)")
     dest = Path(dest_root) / entry.folder / entry.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    tmp = Path(tmp_name)
+    fd, tmp = temp_beside(dest)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as resp:
             shutil.copyfileobj(resp, out, 1 << 20)
@@ -162,10 +161,7 @@ def download(name: str, dest_root: str | os.PathLike, expected_sha256: str | Non
         if want is not None and got != want:
             raise ValueError(f"checksum mismatch for {name}: expected {want}, got {got}; the download is "
                              f"incomplete or the file changed upstream. Nothing was written.")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; ComfyUI may run as another user
-        os.replace(tmp, dest)  # atomic: a half-downloaded file never takes the real name
+        publish(tmp, dest)  # atomic: a half-downloaded file never takes the real name
     finally:
         tmp.unlink(missing_ok=True)
     return dest

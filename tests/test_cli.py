@@ -172,6 +172,18 @@ def test_restore_never_overwrites_inputs_and_missing_images_are_errors(tmp_path,
     assert "nope.jpg" in capsys.readouterr().err
 
 
+def test_one_unreadable_image_does_not_stop_the_batch(tmp_path, yunet_path, capsys):
+    good = _write(tmp_path / "good.png", cv2.imread(str(shared_path("images/whole/gfpgan_10045.png"))))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(good.read_bytes()[:200])  # a truncated PNG
+    out = tmp_path / "out"
+    assert main(["restore", str(bad), str(good), "-o", str(out), "--detector", str(yunet_path)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "1 of 2" in err
+    assert sorted(p.name for p in out.iterdir()) == ["good.png"]  # the good one written, no temp files left
+    assert cv2.imread(str(out / "good.png")).shape == cv2.imread(str(good)).shape
+
+
 def test_download_rejects_a_hash_that_contradicts_the_pinned_one(tmp_path):
     with pytest.raises(ValueError, match="differs"):
         model_files.download("face_detection_yunet_2023mar.onnx", tmp_path, expected_sha256="0" * 64)
