@@ -214,6 +214,11 @@ def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tenso
                 keep[sl] *= 1 - mk
                 if progress is not None:
                     progress(1)
+            # Checked here, on the face regions only (cheap): a NaN crop must not silently blacken a photo.
+            if not (bool(torch.isfinite(num).all()) and bool(torch.isfinite(den).all())):
+                bad = [i for i, _ in members]
+                raise ValueError(f"crop(s) {bad} contain NaN or infinite values where they are pasted; the node "
+                                 f"that produced the crops failed (nothing was pasted)")
             alpha = 1 - keep
             region = out[b, :, uy0:uy1, ux0:ux1]
             blended = num / den.clamp_min(1e-8)

@@ -49,6 +49,19 @@ def test_paste_only_touches_the_face_regions():
     assert float((cov[0] > 0).float().mean()) < 0.3
 
 
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_nan_crops_are_an_error_not_a_blackened_photo(backend):
+    img = torch.rand(1, 3, 300, 400)
+    crops, faces = align_faces(img, _faces_at(img, [(100.0, 100.0), (300.0, 200.0)]))
+    crops[1, :, 250:260, 250:260] = float("nan")  # inside face 1's oval
+    with pytest.raises(ValueError, match=r"crop\(s\) \[1\]"):
+        paste_faces(img, crops, faces, backend=backend)
+    crops[1, :, 250:260, 250:260] = 0.5
+    crops[1, :, :4, :4] = float("inf")  # a corner outside the oval's support is never sampled: pasting works
+    out, _ = paste_faces(img, crops, faces, backend=backend)
+    assert bool(torch.isfinite(out).all())
+
+
 def test_overlapping_faces_blend_independently_of_order():
     img = torch.rand(1, 3, 200, 200)
     crops, faces = align_faces(img, _faces_at(img, [(90.0, 100.0), (110.0, 100.0)]))
