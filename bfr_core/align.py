@@ -224,7 +224,7 @@ def warp_faces(images: Tensor, image_index: Tensor, affines: Tensor, crop_size: 
     boxes = image_boxes_of_crops(affines, crop_size, hw)
     raw = image_boxes_of_crops(affines, crop_size, hw, clip=False)
     ms = affines.detach().double().cpu().numpy()
-    fallback, cubic = [], []
+    fallback, needs_clip = [], []
     for i, b in enumerate(image_index.tolist()):
         x0, y0, x1, y1 = boxes[i]
         rx0, ry0, rx1, ry1 = raw[i]
@@ -239,8 +239,9 @@ def warp_faces(images: Tensor, image_index: Tensor, affines: Tensor, crop_size: 
         m[:, 2] += m[:, 0] * x0 + m[:, 1] * y0  # the region starts at (x0, y0)
         s = float(np.hypot(m[0, 0], m[1, 0]))
         interp = cv2.INTER_CUBIC if _face_mode(mode, s) == "bicubic" else cv2.INTER_LINEAR
-        if interp == cv2.INTER_CUBIC:
-            cubic.append(i)
+        # Cubic weights overshoot the input's range; any interpolation keeps out-of-range input out of range.
+        if interp == cv2.INTER_CUBIC or region.min() < 0 or region.max() > 1:
+            needs_clip.append(i)
         if s < 0.5:  # shrink to 2:1 with area averaging, then warp
             rh, rw = region.shape[:2]
             nh, nw = max(1, round(rh * 2 * s)), max(1, round(rw * 2 * s))
@@ -251,7 +252,7 @@ def warp_faces(images: Tensor, image_index: Tensor, affines: Tensor, crop_size: 
                               borderMode=CV2_BORDERS[border], borderValue=0)
         if dst is None:
             buf[i] = crop.reshape(crop_size, crop_size, -1)
-    for i in cubic:  # only cubic interpolation can overshoot the input's range
+    for i in needs_clip:  # per crop: a pass over every crop would cost more than the bilinear warps
         np.clip(buf[i], 0, 1, out=buf[i])
     out = torch.from_numpy(buf).permute(0, 3, 1, 2)
     if fallback:

@@ -133,27 +133,30 @@ def cmd_restore(args: argparse.Namespace) -> int:
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     paste = PasteOptions(mask=args.mask, color_match=args.color_match)
-    inputs = {Path(p).resolve() for p in args.images}
+    taken = {Path(p).resolve() for p in args.images}  # inputs, then each result as it is planned
     targets: list[Path] = []
     for path in args.images:  # checked before any work: a clash must not surface after an hour of restoring
         target = outdir / (Path(path).stem + ".png")
-        if target.resolve() in inputs or target.resolve() in {t.resolve() for t in targets}:
+        if target.resolve() in taken:
             raise ValueError(f"{target} would overwrite an input or another result; choose another -o folder")
+        taken.add(target.resolve())
         targets.append(target)
-    failed: list[str] = []
+    unreadable: list[str] = []
     for path, target in zip(args.images, targets):
         try:
             img = read_image(path)
-            images = img.rgb[None].to(args.device)
-            res = restore_images(images, detector, restore_fn, _options(args), paste, crop_size=crop_size)
-            write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
         except (ValueError, OSError) as exc:  # one unreadable photo must not stop a whole folder
-            print(f"error: {path}: {exc}", file=sys.stderr)
-            failed.append(str(path))
+            print(f"error: {exc}", file=sys.stderr)
+            unreadable.append(str(path))
             continue
+        # Anything failing from here on (models, a full disk) would fail for every image: it stops the run.
+        res = restore_images(img.rgb[None].to(args.device), detector, restore_fn, _options(args), paste,
+                             crop_size=crop_size)
+        write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
         print(f"{path}: {len(res.faces)} face(s) -> {target}")
-    if failed:
-        print(f"error: {len(failed)} of {len(targets)} image(s) failed: {', '.join(failed)}", file=sys.stderr)
+    if unreadable:
+        print(f"error: {len(unreadable)} of {len(targets)} image(s) could not be read: {', '.join(unreadable)}",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -35,7 +35,9 @@ class FaceParser:
         """
         if crops.ndim != 4 or crops.shape[1] != 3:
             raise ValueError(f"face parsing needs RGB crops [N, 3, H, W], got {tuple(crops.shape)}")
-        return torch.cat([self._labels(crops[i:i + batch_size]) for i in range(0, crops.shape[0], max(1, batch_size))])
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return torch.cat([self._labels(crops[i:i + batch_size]) for i in range(0, crops.shape[0], batch_size)])
 
     def _labels(self, crops: Tensor) -> Tensor:
         import torch.nn.functional as F

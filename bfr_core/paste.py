@@ -205,18 +205,22 @@ def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tenso
             num = images.new_zeros(images.shape[1], *shape)
             den = images.new_zeros(1, *shape)
             keep = images.new_ones(1, *shape)
+            bad = []
             for i, (x0, y0, x1, y1) in members:
                 face, mk = sample(i, (x0, y0, x1, y1))
                 face, mk = face.to(device).clamp(0, 1), mk.to(device).clamp(0, 1)
+                # Values under a zero mask are never shown (NaN there is harmless); NaN elsewhere must not
+                # silently blacken a photo. Checked on the face region only, which is cheap.
+                face = torch.where(mk > 0, face, 0.0)
+                if not (bool(torch.isfinite(face).all()) and bool(torch.isfinite(mk).all())):
+                    bad.append(i)
                 sl = (slice(None), slice(y0 - uy0, y1 - uy0), slice(x0 - ux0, x1 - ux0))
                 num[sl] += face * mk
                 den[sl] += mk
                 keep[sl] *= 1 - mk
                 if progress is not None:
                     progress(1)
-            # Checked here, on the face regions only (cheap): a NaN crop must not silently blacken a photo.
-            if not (bool(torch.isfinite(num).all()) and bool(torch.isfinite(den).all())):
-                bad = [i for i, _ in members]
+            if bad:
                 raise ValueError(f"crop(s) {bad} contain NaN or infinite values where they are pasted; the node "
                                  f"that produced the crops failed (nothing was pasted)")
             alpha = 1 - keep

@@ -107,6 +107,19 @@ def test_opencv_and_torch_backends_cut_the_same_crops(mode):
     assert float((cv - th)[..., 8:-8, 8:-8].abs().max()) < 3e-2
 
 
+@pytest.mark.parametrize("mode", ["auto", "bilinear", "bicubic"])
+def test_crops_are_clamped_to_0_1_by_both_backends(mode):
+    """Out-of-range input (e.g. from an upstream node) gives crops in [0, 1] on both paths."""
+    img = torch.rand(1, 3, 200, 200, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.3
+    ms = torch.tensor(np.stack([_similarity(0.1, 4.0, -200, -150), _similarity(0.0, 0.5, 10, 0)]), dtype=torch.float32)
+    index = torch.zeros(2, dtype=torch.long)
+    cv = warp_faces(img, index, ms, 64, mode=mode, backend="opencv")
+    th = warp_faces(img, index, ms, 64, mode=mode, backend="torch")
+    for crops in (cv, th):
+        assert float(crops.min()) >= 0.0 and float(crops.max()) <= 1.0
+        assert float((crops == 0).float().mean()) > 0.01 and float((crops == 1).float().mean()) > 0.01
+
+
 def test_faces_far_outside_or_off_the_image():
     """OpenCV's cubic reflect border breaks beyond one image length, and it cannot warp an empty region:
     such faces must come out as the torch path cuts them, without crashing."""

@@ -195,6 +195,8 @@ def test_parsing_labels_are_the_same_in_chunks():
     assert torch.equal(parser.labels(crops, batch_size=2), parser.labels(crops, batch_size=8))
     with pytest.raises(ValueError, match="RGB"):
         parser.labels(torch.rand(2, 1, 64, 64))
+    with pytest.raises(ValueError, match="batch_size"):
+        parser.labels(crops, batch_size=0)
 
 
 class _Tuple(torch.nn.Module):

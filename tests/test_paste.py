@@ -57,7 +57,12 @@ def test_nan_crops_are_an_error_not_a_blackened_photo(backend):
     with pytest.raises(ValueError, match=r"crop\(s\) \[1\]"):
         paste_faces(img, crops, faces, backend=backend)
     crops[1, :, 250:260, 250:260] = 0.5
-    crops[1, :, :4, :4] = float("inf")  # a corner outside the oval's support is never sampled: pasting works
+    # Corners of the crop: outside the oval (mask 0) but inside its bounding box, or outside both:
+    # never shown, so pasting works and changes nothing there.
+    crops[1, :, :4, :4] = float("inf")
+    crops[1, :, 42:52, 66:76] = float("nan")  # the top-left corner of the oval's bounding box
+    crops[0, :, :, :30] = float("nan")  # (NaN nearer the oval reaches visible pixels through interpolation)
+    assert float(template_mask(512, "ellipse")[42:52, 66:76].max()) == 0.0
     out, _ = paste_faces(img, crops, faces, backend=backend)
     assert bool(torch.isfinite(out).all())
 
