@@ -146,6 +146,35 @@ class _FaceSampler:
         return t[:-1], t[-1:]
 
 
+def _accumulate(sample: _FaceSampler, members: list, union: tuple[int, int, int, int], images: Tensor,
+                progress: Callable[[int], None] | None, strict: bool = False):
+    """Σ face·mask, Σ mask and Π(1 − mask) of overlapping faces over their union box (order-independent).
+
+    strict: zero face values under a zero mask first and also return the faces that are non-finite where
+    their mask is not zero (the slow path, only taken when the plain sums came out non-finite).
+    """
+    ux0, uy0, ux1, uy1 = union
+    shape = (uy1 - uy0, ux1 - ux0)
+    num = images.new_zeros(images.shape[1], *shape)
+    den = images.new_zeros(1, *shape)
+    keep = images.new_ones(1, *shape)
+    bad = []
+    for i, (x0, y0, x1, y1) in members:
+        face, mk = sample(i, (x0, y0, x1, y1))
+        face, mk = face.to(images.device).clamp(0, 1), mk.to(images.device).clamp(0, 1)
+        if strict:
+            face = torch.where(mk > 0, face, 0.0)
+            if not (bool(torch.isfinite(face).all()) and bool(torch.isfinite(mk).all())):
+                bad.append(i)
+        sl = (slice(None), slice(y0 - uy0, y1 - uy0), slice(x0 - ux0, x1 - ux0))
+        num[sl] += face * mk
+        den[sl] += mk
+        keep[sl] *= 1 - mk
+        if progress is not None:
+            progress(1)
+    return (num, den, keep, bad) if strict else (num, den, keep)
+
+
 def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tensor | None = None,
                 color_match: str = "none", progress: Callable[[int], None] | None = None,
                 backend: str = "auto") -> tuple[Tensor, Tensor]:
@@ -201,28 +230,14 @@ def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tenso
                 continue
             ux0, uy0 = min(bx[0] for _, bx in members), min(bx[1] for _, bx in members)
             ux1, uy1 = max(bx[2] for _, bx in members), max(bx[3] for _, bx in members)
-            shape = (uy1 - uy0, ux1 - ux0)
-            num = images.new_zeros(images.shape[1], *shape)
-            den = images.new_zeros(1, *shape)
-            keep = images.new_ones(1, *shape)
-            bad = []
-            for i, (x0, y0, x1, y1) in members:
-                face, mk = sample(i, (x0, y0, x1, y1))
-                face, mk = face.to(device).clamp(0, 1), mk.to(device).clamp(0, 1)
-                # Values under a zero mask are never shown (NaN there is harmless); NaN elsewhere must not
-                # silently blacken a photo. Checked on the face region only, which is cheap.
-                face = torch.where(mk > 0, face, 0.0)
-                if not (bool(torch.isfinite(face).all()) and bool(torch.isfinite(mk).all())):
-                    bad.append(i)
-                sl = (slice(None), slice(y0 - uy0, y1 - uy0), slice(x0 - ux0, x1 - ux0))
-                num[sl] += face * mk
-                den[sl] += mk
-                keep[sl] *= 1 - mk
-                if progress is not None:
-                    progress(1)
-            if bad:
-                raise ValueError(f"crop(s) {bad} contain NaN or infinite values where they are pasted; the node "
-                                 f"that produced the crops failed (nothing was pasted)")
+            num, den, keep = _accumulate(sample, members, (ux0, uy0, ux1, uy1), images, progress)
+            if not (bool(torch.isfinite(num).all()) and bool(torch.isfinite(den).all())):
+                # Rare: find the culprits. Values under a zero mask are never shown (NaN there is harmless,
+                # it only spoiled the sums); NaN where a face shows must not silently blacken a photo.
+                num, den, keep, bad = _accumulate(sample, members, (ux0, uy0, ux1, uy1), images, None, strict=True)
+                if bad:
+                    raise ValueError(f"crop(s) {bad} contain NaN or infinite values where they are pasted; the "
+                                     f"node that produced the crops failed (nothing was pasted)")
             alpha = 1 - keep
             region = out[b, :, uy0:uy1, ux0:ux1]
             blended = num / den.clamp_min(1e-8)
