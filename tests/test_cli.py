@@ -184,6 +184,28 @@ def test_one_unreadable_image_does_not_stop_the_batch(tmp_path, yunet_path, caps
     assert cv2.imread(str(out / "good.png")).shape == cv2.imread(str(good)).shape
 
 
+def test_a_failing_write_stops_the_batch_and_leaves_no_partial_file(tmp_path, yunet_path, monkeypatch, capsys):
+    """A full disk fails every image alike: stop at once instead of restoring the rest for nothing."""
+    import bfr_core.cli as cli
+    import bfr_core.image_io as image_io
+
+    src = cv2.imread(str(shared_path("images/whole/gfpgan_10045.png")))
+    inputs = [_write(tmp_path / f"p{i}.png", src) for i in range(2)]
+    restored = []
+    real_restore = cli.restore_images
+    monkeypatch.setattr(cli, "restore_images", lambda *a, **k: restored.append(1) or real_restore(*a, **k))
+
+    def full_disk(tmp, dest):  # the temp file is written; making it the result fails
+        assert tmp.exists()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(image_io, "publish", full_disk)
+    out = tmp_path / "out"
+    assert main(["restore", *map(str, inputs), "-o", str(out), "--detector", str(yunet_path)]) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert len(restored) == 1 and list(out.iterdir()) == []
+
+
 def test_download_rejects_a_hash_that_contradicts_the_pinned_one(tmp_path):
     with pytest.raises(ValueError, match="differs"):
         model_files.download("face_detection_yunet_2023mar.onnx", tmp_path, expected_sha256="0" * 64)
