@@ -74,6 +74,15 @@ def faces64():
 
 
 @pytest.fixture
+def comfy_inference_mode():
+    """ComfyUI executes every node inside torch.inference_mode(); node tests use this to do the same."""
+    import torch
+
+    with torch.inference_mode():
+        yield
+
+
+@pytest.fixture
 def one_thread():
     """Tiny models gain nothing from threads, and OpenMP spin-waits make them 100x slower on a busy 2-core box."""
     import torch

@@ -12,11 +12,8 @@ from test_paste import _faces_at
 NODE_IDS = {"BFRLoadFaceDetector", "BFRDetectFaces", "BFRAlignFaces", "BFRPasteFaces"}
 
 
-@pytest.fixture(autouse=True)
-def comfy_inference_mode():
-    """ComfyUI executes every node inside torch.inference_mode(); so do these tests."""
-    with torch.inference_mode():
-        yield
+# ComfyUI executes every node inside torch.inference_mode(); so do these tests (conftest fixture).
+pytestmark = pytest.mark.usefixtures("comfy_inference_mode")
 
 
 def test_pack_exports_the_nodes(comfy_pack):

@@ -7,11 +7,8 @@ from bfr_core.prior.iddpm_unet import TINY_CONFIG
 from conftest import load_rgb, shared_path
 
 
-@pytest.fixture(autouse=True)
-def comfy_inference_mode():
-    """ComfyUI executes every node inside torch.inference_mode(); so do these tests."""
-    with torch.inference_mode():
-        yield
+# ComfyUI executes every node inside torch.inference_mode(); so do these tests (conftest fixture).
+pytestmark = pytest.mark.usefixtures("comfy_inference_mode")
 
 
 @pytest.fixture
