@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bfr_core.detection.yunet import YuNetDetector  # noqa: E402
-from bfr_core.faces import align_faces  # noqa: E402
-from bfr_core.paste import paste_faces  # noqa: E402
-from bfr_core.detection.types import FaceDetections  # noqa: E402
+from bfr_core.faces.detection.yunet import YuNetDetector  # noqa: E402
+from bfr_core.faces.align import align_faces  # noqa: E402
+from bfr_core.faces.paste import paste_faces  # noqa: E402
+from bfr_core.faces.types import FaceDetections  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bfr_core.detection.retinaface import RetinaFace, RetinaFaceDetector, load_retinaface  # noqa: E402
+from bfr_core.faces.detection.retinaface import RetinaFace, RetinaFaceDetector, load_retinaface  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 YUNET = SHARED / "models" / "face_detection_yunet_2023mar.onnx"
@@ -49,7 +49,7 @@ def make_image(megapixels: float, aspect: float = 4 / 3) -> torch.Tensor:
 
 def yunet_fn() -> Callable[[torch.Tensor], object]:
     try:
-        from bfr_core.detection.yunet import YuNetDetector
+        from bfr_core.faces.detection.yunet import YuNetDetector
 
         det = YuNetDetector(YUNET)
         return lambda img: det.detect(img, score_threshold=0.6)

@@ -48,14 +48,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bfr_core.identity.guidance import IdentityGuidance, cosine_distance  # noqa: E402
-from bfr_core.sampler import restore_faces  # noqa: E402
+from bfr_core.diffusion.sampler import restore_faces  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # ------------------------------------------------------------------------------------------ (a) speed
 def build_unet(dtype: torch.dtype):
-    from bfr_core.prior import DIFFACE_FFHQ512, IDDPMUNet
+    from bfr_core.archs.iddpm_unet import DIFFACE_FFHQ512, IDDPMUNet
 
     with torch.device("meta"):
         model = IDDPMUNet(DIFFACE_FFHQ512)
@@ -72,7 +72,7 @@ def build_unet(dtype: torch.dtype):
 
 class _Prior:
     def __init__(self, model):
-        from bfr_core.prior import linear_alphas_cumprod
+        from bfr_core.diffusion.schedules import linear_alphas_cumprod
 
         self.model = model
         self.alphas_cumprod = linear_alphas_cumprod()
@@ -93,7 +93,7 @@ def _random_init(net: nn.Module, seed: int = 0) -> nn.Module:
 def build_recognizer(dtype: torch.dtype):
     """(recognizer, description): the project's iresnet50 Recognizer, or a stand-in of the same layout."""
     try:
-        from bfr_core.identity.backbones import IRESNET_LAYERS, IResNet
+        from bfr_core.archs.iresnet import IRESNET_LAYERS, IResNet
         from bfr_core.identity.recognizers import Recognizer
 
         net = _random_init(IResNet(IRESNET_LAYERS["iresnet50"])).to(dtype)
@@ -206,7 +206,7 @@ def _photo_variant(face01: torch.Tensor, k: int) -> torch.Tensor:
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     x = (0.5 + (1.1 - 0.2 * k) * (x - 0.5) + 0.03 * (1 - 2 * k)).clamp(0, 1)
-    from bfr_core.masks import gaussian_blur
+    from bfr_core.faces.masks import gaussian_blur
 
     return gaussian_blur(x, 0.7)[0].clamp(0, 1)
 

@@ -53,8 +53,10 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bfr_core.prior import DIFFACE_FFHQ512, DiffusionPrior, IDDPMUNet, linear_alphas_cumprod  # noqa: E402
-from bfr_core.sampler import restore_faces  # noqa: E402
+from bfr_core.archs.iddpm_unet import DIFFACE_FFHQ512, IDDPMUNet
+from bfr_core.diffusion.priors import DiffusionPrior
+from bfr_core.diffusion.schedules import linear_alphas_cumprod  # noqa: E402
+from bfr_core.diffusion.sampler import restore_faces  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SIZE = 512

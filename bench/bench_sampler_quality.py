@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from analytic_prior import AnalyticPrior, contrast_variants, degrade, load_face_set, nearest_index, psnr  # noqa: E402
 
-from bfr_core.sampler import restore_faces, strength_to_timestep  # noqa: E402
+from bfr_core.diffusion.sampler import restore_faces, strength_to_timestep  # noqa: E402
 
 CONFIGS = [
     ("official DDIM η=0.5", dict(sampler="ddim", steps=100), True),

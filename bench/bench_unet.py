@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bfr_core.prior.iddpm_unet import DIFFACE_FFHQ512, IDDPMUNet, count_parameters  # noqa: E402
+from bfr_core.archs.iddpm_unet import DIFFACE_FFHQ512, IDDPMUNet, count_parameters  # noqa: E402
 
 GFLOPS_512 = 378.0  # per step at 512 px, batch 1 (DESIGN.md)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

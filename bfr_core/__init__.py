@@ -10,19 +10,23 @@ Main entry points:
     restore_faces(crops, prior, ...)       DifFace restoration of aligned crops (batched, seeded per face)
     load_recognizer(path)                  ArcFace recognizer (insightface ONNX / arcface_torch / facexlib)
     IdentityGuidance(recognizer, ...)      masked identity guidance: restore_faces(..., guidance=...)
+
+The house (one folder per concept) is drawn in docs/ARCHITECTURE.md.
 """
-from .align import align_matrices, estimate_similarity, ffhq_template, warp_affine, warp_faces
-from .checkpoint import CheckpointError, load_state_dict
-from .detection import FaceDetections, load_detector, select_faces
-from .faces import AlignedFaces, align_faces
+from .diffusion.priors import DiffusionPrior, load_prior
+from .diffusion.sampler import DenoiserPrior, Guidance, official_timesteps, restore_faces, strength_to_timestep
+from .faces.align import align_faces
+from .faces.detection import load_detector, select_faces
+from .faces.geometry import align_matrices, estimate_similarity, ffhq_template
+from .faces.masks import template_mask
+from .faces.paste import match_colors, paste_faces
+from .faces.types import AlignedFaces, FaceDetections
+from .faces.warp import warp_affine, warp_faces
 from .identity import IdentityGuidance, cosine_distance, load_recognizer
-from .masks import template_mask
-from .paste import match_colors, paste_faces
-from .pipeline import DetectOptions, PasteOptions, RestoreResult, detect_faces, restore_images
-from .prior import DiffusionPrior, load_prior
-from .restorers import load_restorer
-from .sampler import (DenoiserPrior, Guidance, backbone_estimate, official_timesteps, restore_faces,
-                      strength_to_timestep)
+from .models.checkpoint import CheckpointError, load_state_dict
+from .restoration.backbones import load_restorer
+from .restoration.estimate import backbone_estimate
+from .restoration.pipeline import DetectOptions, PasteOptions, RestoreResult, detect_faces, restore_images
 
 __version__ = "0.1.0"
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from . import model_files
-from .checkpoint import CheckpointError
-from .detection import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, load_detector
-from .image_io import read_image, write_image
-from .pipeline import DetectOptions, PasteOptions, detect_faces, restore_images
+from .models import files as model_files
+from .models.checkpoint import CheckpointError
+from .faces.detection import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, load_detector
+from .io.images import read_image, write_image
+from .restoration.pipeline import DetectOptions, PasteOptions, detect_faces, restore_images
 
 
 def _add_detect_args(p: argparse.ArgumentParser) -> None:
@@ -60,8 +60,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def _crop_restorer(args: argparse.Namespace):
     """The crop → crop function for `restore`: backbone only, or backbone + diffusion prior."""
-    from .restorers import load_restorer
-    from .sampler import backbone_estimate, restore_faces
+    from .restoration.backbones import load_restorer
+    from .diffusion.sampler import restore_faces
+    from .restoration.estimate import backbone_estimate
 
     dtype = DTYPES[args.dtype]
     restorer_path = None if args.restorer == "none" else model_files.resolve_model(args.restorer, args.models_dir)
@@ -72,7 +73,7 @@ def _crop_restorer(args: argparse.Namespace):
         if args.restorer == "none":
             return None, 512
         return (lambda crops: backbone_estimate(crops, restorer, batch_size=args.batch_size)), 512
-    from .prior import load_prior
+    from .diffusion.priors import load_prior
 
     prior = load_prior(model_files.resolve_model(args.prior, args.models_dir), device=args.device, dtype=dtype)
     recognizer = reference = None
@@ -106,7 +107,7 @@ def _crop_restorer(args: argparse.Namespace):
 
 def _largest_face(recognizer, path: str, args: argparse.Namespace) -> torch.Tensor:
     """Embedding [1, D] of the largest face in an image file (or of the image itself with --aligned)."""
-    from .faces import align_faces
+    from .faces.align import align_faces
 
     rgb = read_image(path).rgb[None].to(args.device)
     if not getattr(args, "aligned", False):

@@ -8,10 +8,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bfr_core.align import ffhq_template  # noqa: E402
+from bfr_core.faces.warp import ffhq_template  # noqa: E402
 from bfr_core.identity.guidance import feature_mask  # noqa: E402
 from bfr_core.identity.recognizers import arcface_box  # noqa: E402
-from bfr_core.masks import template_mask  # noqa: E402
+from bfr_core.faces.masks import template_mask  # noqa: E402
 
 S = 512
 PANELS = [("paste mask (ellipse)", template_mask(S).numpy(), (0.2, 0.7, 0.3)),

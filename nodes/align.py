@@ -5,11 +5,12 @@ import os
 
 import torch
 
-from ..bfr_core.align import BORDER_MODES
-from ..bfr_core.faces import align_faces
-from ..bfr_core.parsing import load_face_parser
-from ..bfr_core.paste import COLOR_MATCH_MODES, paste_faces
-from ..bfr_core.pipeline import PasteOptions, crop_masks, merge_alpha, split_alpha
+from ..bfr_core.faces.warp import BORDER_MODES
+from ..bfr_core.faces.align import align_faces
+from ..bfr_core.faces.parsing import load_face_parser
+from ..bfr_core.faces.paste import COLOR_MATCH_MODES, paste_faces
+from ..bfr_core.restoration.pipeline import PasteOptions, crop_masks
+from ..bfr_core.utils.layout import merge_alpha, split_alpha
 from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw, to_bhwc
 
 MASK_MODES = ("ellipse", "square", "parsing")

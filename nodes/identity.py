@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..bfr_core.faces import align_faces
+from ..bfr_core.faces.align import align_faces
 from ..bfr_core.identity import load_recognizer
 from ..bfr_core.identity.guidance import IdentityGuidance
-from ..bfr_core.pipeline import DetectOptions, detect_faces, split_alpha
+from ..bfr_core.restoration.pipeline import DetectOptions, detect_faces
+from ..bfr_core.utils.layout import split_alpha
 from .comfy_glue import list_models, model_path, on_device, resolve_dtype, to_bchw
 
 RECOGNIZER_FOLDERS = ("insightface", "facerestore_models")

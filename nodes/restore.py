@@ -5,13 +5,15 @@ import os
 
 import torch
 
-from ..bfr_core.detection import SELECT_MODES
-from ..bfr_core.faces import align_faces
-from ..bfr_core.paste import COLOR_MATCH_MODES, paste_faces
-from ..bfr_core.pipeline import DetectOptions, PasteOptions, crop_masks, merge_alpha, split_alpha
-from ..bfr_core.prior import load_prior
-from ..bfr_core.restorers import load_restorer
-from ..bfr_core.sampler import DEFAULT_STRENGTH, SAMPLERS, backbone_estimate, resize_crops, restore_faces
+from ..bfr_core.faces.detection import SELECT_MODES
+from ..bfr_core.faces.align import align_faces
+from ..bfr_core.faces.paste import COLOR_MATCH_MODES, paste_faces
+from ..bfr_core.restoration.pipeline import DetectOptions, PasteOptions, crop_masks
+from ..bfr_core.utils.layout import merge_alpha, split_alpha
+from ..bfr_core.diffusion.priors import load_prior
+from ..bfr_core.restoration.backbones import load_restorer
+from ..bfr_core.diffusion.sampler import DEFAULT_STRENGTH, SAMPLERS, restore_faces
+from ..bfr_core.restoration.estimate import backbone_estimate, resize_crops
 from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw,
                          to_bhwc)
 from .detect import run_detection

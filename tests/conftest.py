@@ -32,14 +32,14 @@ def solvay_path() -> Path:
 
 def load_rgb(path: Path):
     """An image file as a [1, 3, H, W] float tensor in [0, 1] (RGB)."""
-    from bfr_core.image_io import read_image
+    from bfr_core.io.images import read_image
 
     return read_image(path).rgb[None]
 
 
 @pytest.fixture(scope="session")
 def yunet():
-    from bfr_core.detection.yunet import YuNetDetector
+    from bfr_core.faces.detection.yunet import YuNetDetector
 
     return YuNetDetector(shared_path("models/face_detection_yunet_2023mar.onnx"))
 

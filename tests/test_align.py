@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from bfr_core.align import (align_matrices, estimate_similarity, ffhq_template, invert_affine, transform_points,
-                            warp_affine, warp_faces)
+from bfr_core.faces.geometry import align_matrices, estimate_similarity, ffhq_template, invert_affine, transform_points
+
+from bfr_core.faces.warp import warp_affine, warp_faces
 
 
 def _residual(m: np.ndarray, src: np.ndarray, dst: np.ndarray) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bfr_core import model_files
+from bfr_core.models import files as model_files
 from bfr_core.cli import main
 from conftest import ROOT, shared_path
 
@@ -187,7 +187,7 @@ def test_one_unreadable_image_does_not_stop_the_batch(tmp_path, yunet_path, caps
 def test_a_failing_write_stops_the_batch_and_leaves_no_partial_file(tmp_path, yunet_path, monkeypatch, capsys):
     """A full disk fails every image alike: stop at once instead of restoring the rest for nothing."""
     import bfr_core.cli as cli
-    import bfr_core.image_io as image_io
+    import bfr_core.io.images as image_io
 
     src = cv2.imread(str(shared_path("images/whole/gfpgan_10045.png")))
     inputs = [_write(tmp_path / f"p{i}.png", src) for i in range(2)]
@@ -215,7 +215,7 @@ def test_exif_orientation_is_applied(tmp_path):
     """A phone JPEG stored sideways with an EXIF 'rotate 90' tag is read upright."""
     from PIL import Image
 
-    from bfr_core.image_io import read_image
+    from bfr_core.io.images import read_image
 
     arr = np.zeros((40, 60, 3), np.uint8)
     arr[:, :10] = 255  # a white band on the left of the stored pixels

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from bfr_core import CheckpointError, DetectOptions, detect_faces, load_detector, restore_images
-from bfr_core.detection import parse_indices, select_faces
-from bfr_core.detection.types import FaceDetections
-from bfr_core.detection.yunet import YuNetDetector
+from bfr_core.faces.detection import parse_indices, select_faces
+from bfr_core.faces.types import FaceDetections
+from bfr_core.faces.detection.yunet import YuNetDetector
 from conftest import load_rgb, shared_path
 
 

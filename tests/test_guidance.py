@@ -25,7 +25,7 @@ from bfr_core.identity.guidance import (
     feature_mask,
     recognizer_device_dtype,
 )
-from bfr_core.sampler import denoising_timesteps, restore_faces
+from bfr_core.diffusion.sampler import denoising_timesteps, restore_faces
 
 STEPS = 10  # 400, 360, …, 40 at the sampler's default strength 0.4
 
@@ -152,7 +152,7 @@ def test_fidelity_pulls_toward_anchor(faces64, prior, degraded64, rec):
 
 # ------------------------------------------------------------------------------------------ masks
 def test_feature_mask_geometry():
-    from bfr_core.align import ffhq_template
+    from bfr_core.faces.geometry import ffhq_template
 
     for s in (64, 512):
         m = feature_mask(s)
@@ -382,10 +382,10 @@ def test_cosine_distance_helper(faces64, rec):
 
 
 def test_with_the_projects_arcface_recognizer(faces64, prior, degraded64):
-    """Integration with bfr_core.identity.recognizers (when present): a random-weight iresnet18 `Recognizer`
+    """Integration with bfr_core.identity.recognizers: a random-weight iresnet18 `Recognizer`
     (ArcFace 112 crop of the aligned face, frozen, `.device`/`.dtype` properties) drives the guidance."""
-    recognizers = pytest.importorskip("bfr_core.identity.recognizers")
-    backbones = pytest.importorskip("bfr_core.identity.backbones")
+    from bfr_core.archs import iresnet as backbones
+    from bfr_core.identity import recognizers
     torch.manual_seed(0)
     r = recognizers.Recognizer(backbones.IResNet(backbones.IRESNET_LAYERS["iresnet18"]), "iresnet18", "random")
     assert isinstance(r, FaceRecognizer)

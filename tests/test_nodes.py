@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from bfr_core.faces import align_faces
+from bfr_core.faces.align import align_faces
 from conftest import load_rgb, shared_path
 from test_paste import _faces_at
 
@@ -138,7 +138,7 @@ def test_parsing_mask_from_a_facexlib_layout_checkpoint(comfy_pack, tmp_path):
     folder_paths.folder_names_and_paths["facedetection"] = ([str(tmp_path)], {".pth", ".onnx"})
     cls = comfy_pack.NODE_CLASS_MAPPINGS["BFRPasteFaces"]
     assert "parsing_bisenet.pth" in cls.INPUT_TYPES()["required"]["parsing_model"][0]
-    from bfr_core.parsing import load_face_parser
+    from bfr_core.faces.parsing import load_face_parser
 
     parser = load_face_parser(tmp_path / "parsing_bisenet.pth")
     assert parser.kind == "bisenet"
@@ -150,7 +150,7 @@ def test_parsenet_checkpoint_loads_and_wrong_kind_is_named(tmp_path):
     from facexlib.parsing.parsenet import ParseNet
 
     from bfr_core import CheckpointError
-    from bfr_core.parsing import load_face_parser
+    from bfr_core.faces.parsing import load_face_parser
 
     torch.save({"module." + k: v for k, v in ParseNet(512, 512, 19).state_dict().items()}, tmp_path / "p.pth")
     assert load_face_parser(tmp_path / "p.pth").kind == "parsenet"
@@ -160,7 +160,7 @@ def test_parsenet_checkpoint_loads_and_wrong_kind_is_named(tmp_path):
 
 
 def test_parsing_mask_follows_the_labels():
-    from bfr_core.parsing import FaceParser
+    from bfr_core.faces.parsing import FaceParser
 
     class FixedLabels(torch.nn.Module):
         """Logits saying 'skin' (class 1) in a centred square and 'hair' (17) elsewhere."""
@@ -183,7 +183,7 @@ def test_parsing_mask_follows_the_labels():
 
 
 def test_parsing_labels_are_the_same_in_chunks():
-    from bfr_core.parsing import FaceParser
+    from bfr_core.faces.parsing import FaceParser
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 19, 3, padding=1))

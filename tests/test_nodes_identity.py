@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from bfr_core.identity import IRESNET_LAYERS, IResNet
-from bfr_core.prior import IDDPMUNet
-from bfr_core.prior.iddpm_unet import TINY_CONFIG
+from bfr_core.archs.iddpm_unet import IDDPMUNet
+from bfr_core.archs.iddpm_unet import TINY_CONFIG
 from conftest import load_rgb, shared_path
 
 

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from bfr_core.align import ffhq_template
-from bfr_core.detection.types import FaceDetections
-from bfr_core.faces import align_faces
-from bfr_core.masks import template_mask
-from bfr_core.paste import match_colors, paste_faces
+from bfr_core.faces.geometry import ffhq_template
+from bfr_core.faces.types import FaceDetections
+from bfr_core.faces.align import align_faces
+from bfr_core.faces.masks import template_mask
+from bfr_core.faces.paste import match_colors, paste_faces
 from conftest import load_rgb, shared_path
 
 PHOTOS = ["images/group/Solvay_conference_1927.png", "images/whole/gfpgan_00.jpg",

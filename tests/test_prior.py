@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from bfr_core.checkpoint import CheckpointError
-from bfr_core.prior.iddpm_unet import (
+from bfr_core.models.checkpoint import CheckpointError
+from bfr_core.archs.iddpm_unet import (
     DIFFACE_FFHQ512,
     TINY_CONFIG,
     AttentionBlock,
@@ -28,8 +28,8 @@ from bfr_core.prior.iddpm_unet import (
     count_parameters,
     timestep_embedding,
 )
-from bfr_core.prior.loader import DiffusionPrior, PriorLike, infer_iddpm_config, load_prior
-from bfr_core.prior.schedule import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
+from bfr_core.diffusion.priors import DiffusionPrior, PriorLike, infer_iddpm_config, load_prior
+from bfr_core.diffusion.schedules import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
 
 from conftest import shared_path
 

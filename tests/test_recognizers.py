@@ -17,10 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bfr_core.checkpoint import CheckpointError
+from bfr_core.models.checkpoint import CheckpointError
 from bfr_core.identity import (ARCFACE_TEMPLATE_112, IRESNET_LAYERS, InputAffine, IResNet, IRSEBackbone, Recognizer,
                                arcface_affine, arcface_box, arcface_crop, load_recognizer)
-from bfr_core.align import ffhq_template, invert_affine, transform_points
+from bfr_core.faces.geometry import ffhq_template, invert_affine, transform_points
 
 R18 = IRESNET_LAYERS["iresnet18"]
 

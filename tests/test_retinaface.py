@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bfr_core.checkpoint import CheckpointError
-from bfr_core.detection.retinaface import RetinaFace, RetinaFaceDetector, load_retinaface, prior_boxes
-from bfr_core.detection.types import FaceDetections
+from bfr_core.models.checkpoint import CheckpointError
+from bfr_core.faces.detection.retinaface import RetinaFace, RetinaFaceDetector, load_retinaface, prior_boxes
+from bfr_core.faces.types import FaceDetections
 
 fx_retinaface = pytest.importorskip("facexlib.detection.retinaface")
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from analytic_prior import AnalyticPrior, contrast_variants, degrade, linear_alphas_cumprod, nearest_index, psnr
-from bfr_core.checkpoint import CheckpointError
-from bfr_core.restorers import IdentityRestorer, load_restorer
-from bfr_core.sampler import (
+from bfr_core.models.checkpoint import CheckpointError
+from bfr_core.restoration.backbones import IdentityRestorer, load_restorer
+from bfr_core.restoration.estimate import backbone_estimate
+from bfr_core.diffusion.sampler import (
     DenoiserPrior,
-    backbone_estimate,
     denoising_timesteps,
     is_official,
     official_timesteps,

@@ -1,12 +1,12 @@
-"""bfr_core.restorer_archs.swinir (own SwinIR port) against spandrel's SwinIR, and load_restorer without spandrel."""
+"""bfr_core.archs.swinir (own SwinIR port) against spandrel's SwinIR, and load_restorer without spandrel."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bfr_core import restorers
-from bfr_core.checkpoint import CheckpointError, load_state_dict
-from bfr_core.restorer_archs import (DIFFACE_SWINIR, SwinIR, SwinIRConfig, is_swinir_state_dict, load_swinir,
+from bfr_core.restoration import backbones as restorers
+from bfr_core.models.checkpoint import CheckpointError, load_state_dict
+from bfr_core.archs.swinir import (DIFFACE_SWINIR, SwinIR, SwinIRConfig, is_swinir_state_dict, load_swinir,
                                      swinir_config_from_state_dict)
 
 spandrel_swinir = pytest.importorskip("spandrel.architectures.SwinIR")

@@ -97,6 +97,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..faces.geometry import ffhq_template
+from ..utils import device_dtype_of, luma, smoothstep
+
 STRENGTH_UNIT = 0.1  # model-space RMS of one step's correction at strength 1 and σ_t = 1 (module docstring)
 MASK_MODES = ("features", "none")
 
@@ -116,28 +119,9 @@ class FaceRecognizer(Protocol):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _find_module_params(rec) -> tuple[torch.device | None, torch.dtype | None]:
-    for obj in (rec, getattr(rec, "model", None)):
-        if isinstance(obj, torch.nn.Module):
-            for p in obj.parameters():
-                if p.is_floating_point():
-                    return p.device, p.dtype
-            for b in obj.buffers():
-                if b.is_floating_point():
-                    return b.device, b.dtype
-    return None, None
-
-
 def recognizer_device_dtype(recognizer) -> tuple[torch.device | None, torch.dtype | None]:
     """(device, floating dtype) a recognizer wants its input on; Nones when it does not say."""
-    dev = getattr(recognizer, "device", None)
-    dtype = getattr(recognizer, "dtype", None)
-    dev = torch.device(dev) if isinstance(dev, (str, torch.device)) else None
-    dtype = dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
-    if dev is None or dtype is None:
-        p_dev, p_dtype = _find_module_params(recognizer)
-        dev, dtype = dev or p_dev, dtype or p_dtype
-    return dev, dtype
+    return device_dtype_of(recognizer)
 
 
 def _as_channels_first_rgb(x: Tensor, what: str) -> Tensor:
@@ -209,7 +193,6 @@ def feature_mask(size: int, device: torch.device | str = "cpu", feather: float =
     mouth width + 0.2·d) × 0.36·d (lips and philtrum). Each is 1 within (1 − feather) of its radius, falls to 0 at
     its rim with a smoothstep, and is exactly 0 outside; the mask is their maximum.
     """
-    from ..align import ffhq_template
 
     s = int(size)
     if s < 1:
@@ -232,8 +215,7 @@ def feature_mask(size: int, device: torch.device | str = "cpu", feather: float =
     m = torch.zeros(s, s, dtype=torch.float64)
     for cx, cy, rx, ry in regions:
         r = torch.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
-        u = ((1.0 - r) / f).clamp(0, 1)
-        m = torch.maximum(m, u * u * (3 - 2 * u))
+        m = torch.maximum(m, smoothstep((1.0 - r) / f))
     return m.to(device=device, dtype=torch.float32)
 
 
@@ -288,7 +270,7 @@ class IdentityGuidance:
         if not (0.0 <= self.end <= self.start <= 1.0):
             raise ValueError(f"need 0 <= end <= start <= 1 (fractions of T), got start={start!r}, end={end!r}")
         if alphas_cumprod is None:
-            from ..prior.schedule import linear_alphas_cumprod
+            from ..diffusion.schedules import linear_alphas_cumprod
 
             alphas_cumprod = linear_alphas_cumprod()
         acp = torch.as_tensor(alphas_cumprod).detach().to("cpu", torch.float64)
@@ -513,7 +495,7 @@ class IdentityGuidance:
             anchor = self._anchor_for(faces, size, dev)
             if anchor.shape[1] != x0.shape[1]:
                 if x0.shape[1] == 1:  # gray prior: the anchor's BT.601 luma, as the sampler does
-                    anchor = 0.299 * anchor[:, 0:1] + 0.587 * anchor[:, 1:2] + 0.114 * anchor[:, 2:3]
+                    anchor = luma(anchor)
                 else:
                     anchor = anchor.expand(-1, x0.shape[1], -1, -1)
             pull = x0 - anchor

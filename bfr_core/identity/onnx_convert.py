@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..checkpoint import CheckpointError, load_strict
-from .backbones import BN_EPS, INPUT_SIZE, WIDTHS, IResNet, InputAffine
+from ..models.checkpoint import CheckpointError, load_strict
+from ..archs.iresnet import BN_EPS, INPUT_SIZE, WIDTHS, IResNet, InputAffine
 
 _PASS_THROUGH = {"Identity", "Dropout"}
 _PREFIX_OPS = {"Sub", "Mul", "Div", "Add"}

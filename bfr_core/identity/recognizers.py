@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..align import (alignment_scale, estimate_similarity, ffhq_template, homogeneous, invert_affine,
-                     shrink_antialiased, transform_points, warp_affine)
-from ..checkpoint import CheckpointError, load_state_dict, load_strict, wrong_kind_error
-from ..model_holder import ModelHolder
-from .backbones import INPUT_SIZE, WIDTHS, IResNet, IRSEBackbone, iresnet_name
+from ..faces.geometry import alignment_scale, estimate_similarity, ffhq_template, homogeneous, invert_affine, transform_points
+
+from ..faces.warp import shrink_antialiased, warp_affine
+from ..models.checkpoint import CheckpointError, load_state_dict, load_strict, wrong_kind_error
+from ..models.holder import ModelHolder
+from ..archs.iresnet import INPUT_SIZE, WIDTHS, IResNet, IRSEBackbone, iresnet_name
 
 # insightface's 5-point template for 112×112 ArcFace crops (`arcface_dst` of face_align.norm_crop):
 # left eye, right eye, nose, left mouth corner, right mouth corner (image-left first).

@@ -25,11 +25,11 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_state_dict, load_strict, wrong_kind_error
-from ..model_holder import ModelHolder
-from ..sampler import DenoiserPrior
-from .iddpm_unet import IDDPMUNet, IDDPMUNetConfig
-from .schedule import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
+from ..models.checkpoint import CheckpointError, load_state_dict, load_strict, wrong_kind_error
+from ..models.holder import ModelHolder
+from .sampler import DenoiserPrior
+from ..archs.iddpm_unet import IDDPMUNet, IDDPMUNetConfig
+from .schedules import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
 
 __all__ = [
     "PriorLike",

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import CheckpointError
-from .types import FaceDetections
+from ...models.checkpoint import CheckpointError
+from ..types import FaceDetections
 
 
 class YuNetDetector:
@@ -30,7 +30,7 @@ class YuNetDetector:
         try:
             self._net = cv2.FaceDetectorYN.create(str(self.path), "", (320, 320), 0.5, nms_threshold, top_k)
         except cv2.error as exc:
-            from ..model_files import expectation_hint
+            from ...models.files import expectation_hint
 
             raise CheckpointError(
                 f"OpenCV cannot read {self.path} as a YuNet ONNX model ({exc.err or exc}). "

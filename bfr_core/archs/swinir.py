@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_strict
+from ..models.checkpoint import CheckpointError, load_strict
 
 __all__ = [
     "DIFFACE_SWINIR",

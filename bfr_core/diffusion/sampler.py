@@ -93,6 +93,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..restoration.estimate import Restorer, apply_backbone, resize_crops
+from ..utils import ProgressCallback, device_dtype_of, luma, run_chunked
+
 NUM_TRAIN_TIMESTEPS = 1000
 OFFICIAL_T_START = 400  # DifFace: respacing 250 (stride 4), start index 100 → alphas_cumprod[400]
 OFFICIAL_RESPACING = 250
@@ -103,17 +106,12 @@ DEFAULT_STEPS = OFFICIAL_STEPS
 SAMPLERS = ("ddim", "dpmsolver++")
 _SAMPLER_ALIASES = {"ddim": "ddim", "dpmsolver++": "dpmsolver++", "dpm++": "dpmsolver++", "dpmpp": "dpmsolver++",
                     "dpm_solver++": "dpmsolver++", "dpmpp_2m": "dpmsolver++"}
-_LUMA = (0.299, 0.587, 0.114)  # BT.601
 
-# torch < 2.5 only has the CUDA-specific name; looked up once so `except` never hits a missing attribute.
-_OOM_ERROR = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-ProgressCallback = Callable[[int, int], None]
-Restorer = Callable[[Tensor], Tensor]
 
 
 @runtime_checkable
 class DenoiserPrior(Protocol):
-    """What the sampler needs from a diffusion prior (`bfr_core.prior.DiffusionPrior` is one; tests plug in
+    """What the sampler needs from a diffusion prior (`bfr_core.diffusion.DiffusionPrior` is one; tests plug in
     analytic ones).
 
     ``model(x_t, t)``: x_t [B,C,H,W] in model space ([−1, 1] data), t LongTensor [B] of integer training
@@ -296,119 +294,7 @@ def restore_faces(
         out = ctx.run_chunk(crops[start:start + n], torch.arange(start, start + n), report)
         return out.to(device=crops.device, dtype=crops.dtype)
 
-    return torch.cat(_run_chunked(run, crops.shape[0], batch_size, len(timesteps), progress))
-
-
-def backbone_estimate(
-    crops: Tensor,
-    restorer: Restorer | None,
-    size: int | tuple[int, int] | None = None,
-    batch_size: int = 4,
-    progress: ProgressCallback | None = None,
-) -> Tensor:
-    """f(y): the backbone's estimate of each crop, exactly as `restore_faces` computes it before diffusion.
-
-    ``crops`` [B, C, H, W] in [0, 1] are resized to ``size`` (the prior's ``sample_size``; None keeps H×W) like
-    `restore_faces` does, run through ``restorer`` (None = identity) on its own device/dtype in chunks of
-    ``batch_size`` (halved on out-of-memory), and returned at ``size`` in [0, 1] as float32 on the crops' device.
-    ``restore_faces(backbone_estimate(y, f, S), prior, restorer=None)`` equals ``restore_faces(y, prior, restorer=f)``
-    for a prior of size S, so the estimate can also serve as the blind identity target. ``progress(done, total)``
-    counts chunks.
-    """
-    if not isinstance(crops, Tensor) or crops.ndim != 4 or not crops.is_floating_point():
-        raise ValueError(f"crops must be a float [B, C, H, W] tensor, got {getattr(crops, 'shape', type(crops))}")
-    if not bool(torch.isfinite(crops).all()):
-        raise ValueError("crops contain NaN or infinite values")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    hw = tuple(crops.shape[-2:]) if size is None else ((int(size), int(size)) if isinstance(size, int) else
-                                                       tuple(int(v) for v in size))
-
-    def run(start: int, n: int, report: Callable[[int], None]) -> Tensor:
-        y = resize_crops(crops[start:start + n].float().clamp(0, 1), hw)
-        out = _apply_restorer(restorer, y).to(crops.device)
-        report(1)
-        return out
-
-    if crops.shape[0] == 0:
-        return crops.new_zeros(0, crops.shape[1], *hw, dtype=torch.float32)
-    return torch.cat(_run_chunked(run, crops.shape[0], int(batch_size), 1, progress))
-
-
-def _run_chunked(run: Callable[[int, int, Callable[[int], None]], Tensor], n_total: int, batch_size: int,
-                 steps_per_chunk: int, progress: ProgressCallback | None) -> list[Tensor]:
-    """Call ``run(start, n, report)`` over [0, n_total) in chunks of ``batch_size``, halving on out-of-memory.
-
-    ``report(i)`` (i of ``steps_per_chunk`` done in this chunk) drives ``progress(done, total)``, whose total
-    is recomputed after a retry. A chunk of one that still runs out of memory re-raises.
-    """
-    results: list[Tensor] = []
-    chunk, start, done = batch_size, 0, 0
-    while start < n_total:
-        n = min(chunk, n_total - start)
-        total = done + steps_per_chunk * math.ceil((n_total - start) / chunk)
-
-        def report(i: int, _done=done, _total=total) -> None:
-            if progress is not None:
-                progress(_done + i, _total)
-
-        try:
-            out = run(start, n, report)
-        except _OOM_ERROR:
-            if n <= 1:
-                raise
-            chunk = max(1, n // 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            continue
-        results.append(out)
-        done += steps_per_chunk
-        start += n
-    return results
-
-
-# ------------------------------------------------------------------------------------------ internals
-def _module_device_dtype(obj) -> tuple[torch.device | None, torch.dtype | None]:
-    """(device, floating parameter dtype) of a module-like object; Nones when it has none."""
-    device = getattr(obj, "device", None)
-    dtype = getattr(obj, "dtype", None)
-    device = device if isinstance(device, torch.device) else None
-    dtype = dtype if isinstance(dtype, torch.dtype) else None
-    if isinstance(obj, torch.nn.Module):
-        for p in obj.parameters():
-            if p.is_floating_point():
-                return device or p.device, dtype or p.dtype
-        for b in obj.buffers():
-            return device or b.device, dtype
-    return device, dtype
-
-
-def _luma(x: Tensor) -> Tensor:
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
-
-
-def resize_crops(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    """The resize `restore_faces` uses between crop and prior sizes: antialiased bicubic, clamped to [0, 1]."""
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    return F.interpolate(x, size=hw, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-
-
-def _apply_restorer(restorer: Restorer | None, y: Tensor) -> Tensor:
-    """The backbone on one chunk y [n, C, H, W] float32 in [0, 1] → float32 in [0, 1] on y's device."""
-    if restorer is None:
-        return y
-    r_dev, r_dtype = _module_device_dtype(restorer)
-    gray = y.shape[1] == 1  # backbones are RGB: a gray crop goes in as RGB and its luma comes back
-    x = (y.repeat(1, 3, 1, 1) if gray else y).to(device=r_dev or y.device, dtype=r_dtype or torch.float32)
-    with torch.no_grad():
-        out = restorer(x.contiguous())
-    if gray and out.ndim == 4 and out.shape[1] == 3:
-        out = _luma(out.float())
-    if tuple(out.shape) != tuple(y.shape):
-        raise ValueError(f"restorer returned shape {tuple(out.shape)} for input {tuple(y.shape)}")
-    return out.to(device=y.device, dtype=torch.float32).clamp(0, 1)
+    return torch.cat(run_chunked(run, crops.shape[0], batch_size, len(timesteps), progress))
 
 
 class _Context:
@@ -428,8 +314,8 @@ class _Context:
             if s < 1:
                 raise ValueError(f"prior.sample_size must be positive, got {prior.sample_size}")
             self.size = (s, s)
-            p_dev, p_dtype = _module_device_dtype(prior)
-            m_dev, m_dtype = _module_device_dtype(prior.model)
+            p_dev, p_dtype = device_dtype_of(prior)
+            m_dev, m_dtype = device_dtype_of(prior.model)
             self.device = p_dev or m_dev or crops.device
             param_dtype = p_dtype or m_dtype
             if dtype is None:
@@ -501,12 +387,12 @@ class _Context:
         hw = tuple(y.shape[-2:])
         y = y.to(device=self.device, dtype=torch.float32).clamp(0, 1)
         work_hw = self.size or hw
-        f = _apply_restorer(self.restorer, resize_crops(y, work_hw))
+        f = apply_backbone(self.restorer, resize_crops(y, work_hw))
         if self.t_start == 0:
             return resize_crops(f, hw)
 
         c = y.shape[1]
-        x0 = f if self.cp == c else (_luma(f) if self.cp == 1 else f.repeat(1, 3, 1, 1))
+        x0 = f if self.cp == c else (luma(f) if self.cp == 1 else f.repeat(1, 3, 1, 1))
         x0 = x0 * 2.0 - 1.0
         shape = tuple(x0.shape[1:])
         gens = [torch.Generator(device="cpu").manual_seed(self.seed + int(i)) for i in faces]
@@ -532,7 +418,7 @@ class _Context:
 
         r = ((x.float() + 1.0) * 0.5).clamp(0, 1)
         if self.cp != c:
-            r = (f + (r - _luma(f))).clamp(0, 1) if self.cp == 1 else _luma(r).clamp(0, 1)
+            r = (f + (r - luma(f))).clamp(0, 1) if self.cp == 1 else luma(r).clamp(0, 1)
         return resize_crops(r, hw)
 
 
@@ -545,11 +431,9 @@ __all__ = [
     "OFFICIAL_STEPS",
     "OFFICIAL_T_START",
     "SAMPLERS",
-    "backbone_estimate",
     "denoising_timesteps",
     "is_official",
     "official_timesteps",
-    "resize_crops",
     "restore_faces",
     "strength_to_timestep",
     "timestep_to_strength",

@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic_files import publish, temp_beside
+from ..io.atomic import publish, temp_beside
 
 ENV_MODELS_DIR = "BFR_MODELS_DIR"
 

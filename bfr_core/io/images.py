@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic_files import publish, temp_beside
+from .atomic import publish, temp_beside
 
 
 @dataclass

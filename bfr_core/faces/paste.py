@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .align import (_sampling_grid, _scale_map, alignment_scale, homogeneous, image_boxes_of_crops,
-                    shrink_antialiased, use_opencv, warp_faces)
-from .faces import AlignedFaces
+from .geometry import alignment_scale, homogeneous
+
+from .warp import sampling_grid, resize_map, image_boxes_of_crops, shrink_antialiased, use_opencv, warp_faces
+from .align import AlignedFaces
 from .masks import gaussian_blur, template_mask
 
 COLOR_MATCH_MODES = ("none", "mean_std", "lowpass")
@@ -111,7 +112,7 @@ class _FaceSampler:
             side = max(1, round(src.shape[0] / k))
             f = side / src.shape[0]
             src = cv2.resize(src, (side, side), interpolation=cv2.INTER_AREA)
-            m = (_scale_map(f, f) @ np.vstack([m, [0, 0, 1]]))[:2]
+            m = (resize_map(f, f) @ np.vstack([m, [0, 0, 1]]))[:2]
         # WARP_INVERSE_MAP: m maps destination (region) pixels to source (crop) pixels.
         out = cv2.warpAffine(src, m, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -131,7 +132,7 @@ class _FaceSampler:
             k = min(len(self.mask_levels) - 1, max(0, int(math.floor(math.log2(max(scale, 1.0))))))
             level = self.mask_levels[k]
             f = level.shape[0] / self.mask_levels[0].shape[0]
-            return face, self._cv2_warp(level, (_scale_map(f, f) @ np.vstack([m, [0, 0, 1]]))[:2], size, scale * f)
+            return face, self._cv2_warp(level, (resize_map(f, f) @ np.vstack([m, [0, 0, 1]]))[:2], size, scale * f)
         m = self.affines[i].double().cpu().clone()
         m[:, 2] += m[:, 0] * x0 + m[:, 1] * y0  # region pixel → crop pixel
         scale = float(alignment_scale(m))
@@ -140,7 +141,7 @@ class _FaceSampler:
             src, old_to_new = shrink_antialiased(src, 2 / scale)
             m = (homogeneous(old_to_new) @ homogeneous(m))[:2]
         m = m.to(src.device, torch.float32)[None]
-        grid = _sampling_grid(m, (y1 - y0, x1 - x0), src.shape[-2:])
+        grid = sampling_grid(m, (y1 - y0, x1 - x0), src.shape[-2:])
         t = torch.nn.functional.grid_sample(src.float(), grid, mode="bicubic", padding_mode="zeros",
                                             align_corners=False)[0].to(src.dtype)  # float32 grid: see warp_affine
         return t[:-1], t[-1:]

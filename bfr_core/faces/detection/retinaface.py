@@ -17,9 +17,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ..checkpoint import load_state_dict, load_strict, wrong_kind_error
-from ..model_holder import ModelHolder
-from .types import FaceDetections
+from ...models.checkpoint import load_state_dict, load_strict, wrong_kind_error
+from ...models.holder import ModelHolder
+from ..types import FaceDetections
 
 Variant = Literal["resnet50", "mobilenet0.25"]
 

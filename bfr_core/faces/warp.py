@@ -1,4 +1,4 @@
-"""Face alignment geometry: similarity transforms to a landmark template and batched warps.
+"""Batched warps between images and aligned crops (torch grid_sample, or OpenCV's SIMD warps on the CPU).
 
 Conventions (the same as OpenCV's `warpAffine`): pixel centres sit at integer coordinates, and an
 affine `M` [2, 3] maps a source-image point (x, y) to crop coordinates `M @ (x, y, 1)`.
@@ -10,63 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# FFHQ 5-point template at 512 px: left eye, right eye, nose, left mouth, right mouth (image-left first).
-FFHQ_TEMPLATE_512 = torch.tensor(
-    [[192.98138, 239.94708], [318.90277, 240.19360], [256.63416, 314.01935],
-     [201.26117, 371.41043], [313.08905, 371.15118]],
-    dtype=torch.float64,
-)
+from .geometry import alignment_scale, homogeneous, invert_affine, transform_points
+
 
 BORDER_MODES = {"reflect": "reflection", "replicate": "border", "constant": "zeros"}
 
 
-def ffhq_template(crop_size: int = 512) -> Tensor:
-    """The FFHQ 5-point template scaled to a square crop of `crop_size` pixels."""
-    return FFHQ_TEMPLATE_512 * (crop_size / 512.0)
-
-
-def estimate_similarity(src: Tensor, dst: Tensor) -> Tensor:
-    """Least-squares 4-DoF similarity (rotation, uniform scale, translation) mapping src → dst.
-
-    src, dst: [N, K, 2] (or [K, 2]) point sets. Returns [N, 2, 3] (or [2, 3]).
-    Closed form (Umeyama 1991 without reflection): the exact least-squares optimum, so its residual
-    is never larger than that of any other similarity, OpenCV's RANSAC/LMEDS estimates included.
-    """
-    squeeze = src.dim() == 2
-    if squeeze:
-        src, dst = src[None], dst[None]
-    dtype = src.dtype
-    src64, dst64 = src.double(), dst.double().expand_as(src)
-    mu_s, mu_d = src64.mean(1, keepdim=True), dst64.mean(1, keepdim=True)
-    s, d = src64 - mu_s, dst64 - mu_d
-    # For a similarity x' = [[a, -b], [b, a]] x + t, least squares decouples into two dot products.
-    denom = (s * s).sum((1, 2)).clamp_min(1e-12)
-    a = (s * d).sum((1, 2)) / denom
-    b = (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0]).sum(1) / denom
-    rot = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)  # [N, 2, 2]
-    t = mu_d[:, 0] - (rot @ mu_s[:, 0, :, None])[..., 0]
-    m = torch.cat([rot, t[..., None]], -1).to(dtype)
-    return m[0] if squeeze else m
-
-
-def invert_affine(m: Tensor) -> Tensor:
-    """Inverse of [..., 2, 3] affine matrices."""
-    lin, t = m[..., :2], m[..., 2:]
-    inv = torch.linalg.inv(lin.double()).to(m.dtype)
-    return torch.cat([inv, -inv @ t], -1)
-
-
-def transform_points(m: Tensor, pts: Tensor) -> Tensor:
-    """Apply [..., 2, 3] affines to [..., K, 2] points."""
-    return pts @ m[..., :2].transpose(-1, -2) + m[..., 2].unsqueeze(-2)
-
-
-def alignment_scale(m: Tensor) -> Tensor:
-    """Crop pixels per source pixel of each similarity [N, 2, 3]."""
-    return torch.sqrt(m[..., 0, 0] ** 2 + m[..., 1, 0] ** 2)
-
-
-def _sampling_grid(m_dst_to_src: Tensor, out_hw: tuple[int, int], src_hw: tuple[int, int],
+def sampling_grid(m_dst_to_src: Tensor, out_hw: tuple[int, int], src_hw: tuple[int, int],
                    offset_xy: Tensor | None = None) -> Tensor:
     """grid_sample grid [N, H, W, 2] for output pixels mapped to source pixels by `m_dst_to_src`.
 
@@ -97,18 +47,11 @@ def warp_affine(images: Tensor, m: Tensor, out_hw: tuple[int, int], border: str 
     """
     if border not in BORDER_MODES:
         raise ValueError(f"border must be one of {list(BORDER_MODES)}, got {border!r}")
-    grid = _sampling_grid(invert_affine(m.double()), out_hw, images.shape[-2:], offset_xy)
+    grid = sampling_grid(invert_affine(m.double()), out_hw, images.shape[-2:], offset_xy)
     if images.dtype in (torch.float16, torch.bfloat16):  # half grids misplace samples by up to ~2 px
         return warp_affine(images.float(), m, out_hw, border, mode, offset_xy).to(images.dtype)
     return F.grid_sample(images, grid.to(images.dtype), mode=mode, padding_mode=BORDER_MODES[border],
                          align_corners=False)
-
-
-def homogeneous(m: Tensor) -> Tensor:
-    """[..., 2, 3] affine → [..., 3, 3] homogeneous matrix."""
-    bottom = torch.zeros(*m.shape[:-2], 1, 3, dtype=m.dtype, device=m.device)
-    bottom[..., 0, 2] = 1
-    return torch.cat([m, bottom], -2)
 
 
 def shrink_antialiased(src: Tensor, factor: float) -> tuple[Tensor, Tensor]:
@@ -157,7 +100,7 @@ def image_box_of_crop(m: Tensor, crop_size: int, hw: tuple[int, int], margin: in
     return image_boxes_of_crops(m[None], crop_size, hw, margin, support)[0]
 
 
-def _scale_map(fx: float, fy: float):
+def resize_map(fx: float, fy: float):
     """[3, 3] numpy map from pixel coordinates to those of the same image resized by (fx, fy)."""
     import numpy as np
 
@@ -246,7 +189,7 @@ def warp_faces(images: Tensor, image_index: Tensor, affines: Tensor, crop_size: 
             rh, rw = region.shape[:2]
             nh, nw = max(1, round(rh * 2 * s)), max(1, round(rw * 2 * s))
             region = cv2.resize(region, (nw, nh), interpolation=cv2.INTER_AREA)
-            m = (np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(_scale_map(nw / rw, nh / rh)))[:2]
+            m = (np.vstack([m, [0, 0, 1]]) @ np.linalg.inv(resize_map(nw / rw, nh / rh)))[:2]
         dst = buf[i] if buf.shape[-1] in (3, 4) else None  # cv2 writes 3/4-channel crops in place
         crop = cv2.warpAffine(region, m, (crop_size, crop_size), dst=dst, flags=interp,
                               borderMode=CV2_BORDERS[border], borderValue=0)
@@ -284,9 +227,3 @@ def _warp_faces_torch(images: Tensor, image_index: Tensor, affines: Tensor, crop
         out[idx] = warp_affine(images[b:b + 1].expand(len(idx), -1, -1, -1), affines[idx],
                                (crop_size, crop_size), border, mode=face_mode)
     return out.clamp_(0, 1)
-
-
-def align_matrices(landmarks: Tensor, crop_size: int = 512, template: Tensor | None = None) -> Tensor:
-    """Similarity affines [F, 2, 3] (image → crop) fitting landmarks [F, 5, 2] to the template."""
-    tpl = ffhq_template(crop_size) if template is None else template
-    return estimate_similarity(landmarks.double(), tpl.to(landmarks.device)[None]).float()

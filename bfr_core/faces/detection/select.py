@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .types import FaceDetections
+from ..types import FaceDetections
 
 SELECT_MODES = ("all", "largest", "center", "indices")
 SORT_MODES = ("area", "left_to_right", "top_to_bottom", "score")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import load_state_dict, load_strict, wrong_kind_error
+from ..models.checkpoint import load_state_dict, load_strict, wrong_kind_error
 from .masks import feather_mask
 
 # Parsing classes that belong to the face (CelebAMask-HQ order used by both facexlib models):

@@ -32,7 +32,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             return dict(load_file(str(path), device="cpu"))
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, wrong format...
-        from .model_files import expectation_hint
+        from .files import expectation_hint
 
         raise CheckpointError(
             f"cannot read model file {path} ({type(exc).__name__}: {exc}). The file may be truncated "

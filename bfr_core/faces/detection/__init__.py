@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .select import SELECT_MODES, SORT_MODES, parse_indices, select_faces
-from .types import FaceDetections
+from ..types import FaceDetections
 
 # Short names the CLI and nodes accept, mapped to the registry's file names.
 DETECTOR_ALIASES = {

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checkpoint import CheckpointError, load_state_dict, wrong_kind_error
-from .restorer_archs import is_swinir_state_dict, load_swinir
+from ..models.checkpoint import CheckpointError, load_state_dict, wrong_kind_error
+from ..archs.swinir import is_swinir_state_dict, load_swinir
 
 EXPECTED_KIND = ("face-restoration backbone spandrel can load (DifFace SwinIR swinir_restoration512_L1.pth, "
                  "GFPGAN v1.4, RestoreFormer++, …)")

@@ -8,12 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils import smoothstep
+
 MASK_SHAPES = ("ellipse", "square")
-
-
-def _smoothstep(x: Tensor) -> Tensor:
-    x = x.clamp(0, 1)
-    return x * x * (3 - 2 * x)
 
 
 def template_mask(crop_size: int, shape: str = "ellipse", feather: float = 0.1,
@@ -37,14 +34,14 @@ def _template_mask(crop_size: int, shape: str, feather: float, device: str) -> T
     fw = max(float(feather), 1e-3)
     if shape == "square":
         edge = torch.minimum(torch.minimum(x, 1 - x), torch.minimum(y, 1 - y))  # distance to the border
-        return _smoothstep(edge / fw)
+        return smoothstep(edge / fw)
     # Template (512 px): eye centre y≈240, mouth y≈371, eye distance ≈126. The oval reaches the
     # hairline above and the chin below and spans the cheeks; feathering grows outward from it.
     cx, cy, rx, ry = 256.5 / 512, 290.0 / 512, 165.0 / 512, 215.0 / 512
     r = torch.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)  # 1 on the oval
     # Signed distance (approx., in crop units) outside the oval → feathered falloff.
     d = (r - 1) * min(rx, ry)
-    return _smoothstep(0.5 - d / fw)
+    return smoothstep(0.5 - d / fw)
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:

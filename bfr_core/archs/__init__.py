@@ -1,0 +1,1 @@
+"""Network architectures, one file per family, each keyed by the parameter names of its released checkpoints."""

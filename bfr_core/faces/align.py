@@ -1,0 +1,32 @@
+"""Cut FFHQ-aligned crops out of images: landmarks → similarity → warp, for every face of a batch."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .geometry import align_matrices
+from .types import AlignedFaces, FaceDetections
+from .warp import warp_faces
+
+
+def align_faces(images: Tensor, detections: list[FaceDetections], crop_size: int = 512,
+                border: str = "reflect") -> tuple[Tensor, AlignedFaces]:
+    """Cut FFHQ-aligned crops for every detected face of every image.
+
+    images [B, C, H, W] in [0, 1]; detections: one per image. Returns crops [F, C, S, S] on the
+    images' device and the `AlignedFaces` that paste-back needs.
+    """
+    if len(detections) != images.shape[0]:
+        raise ValueError(f"got {len(detections)} detection lists for a batch of {images.shape[0]} images")
+    counts = [len(d) for d in detections]
+    image_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
+    if sum(counts):
+        landmarks = torch.cat([d.landmarks.cpu().float() for d in detections])
+        scores = torch.cat([d.scores.cpu().float() for d in detections])
+    else:
+        landmarks, scores = torch.zeros(0, 5, 2), torch.zeros(0)
+    affines = align_matrices(landmarks, crop_size)
+    h, w = images.shape[-2:]
+    faces = AlignedFaces(image_index, affines, landmarks, scores, crop_size, [(int(h), int(w))] * len(counts), border)
+    crops = warp_faces(images, image_index.to(images.device), affines.to(images.device), crop_size, border)
+    return crops, faces

@@ -1,0 +1,1 @@
+"""Files in and out: image reading/writing (EXIF, bit depth, alpha) and atomic writes."""
