@@ -13,7 +13,8 @@ Main entry points:
 
 The house (one folder per concept) is drawn in docs/ARCHITECTURE.md.
 """
-from .diffusion.priors import DiffusionPrior, load_prior
+from .diffusion.loading import load_prior
+from .diffusion.priors import DiffusionPrior
 from .diffusion.sampler import DenoiserPrior, Guidance, official_timesteps, restore_faces, strength_to_timestep
 from .faces.align import align_faces
 from .faces.detection import load_detector, select_faces

@@ -73,7 +73,7 @@ def _crop_restorer(args: argparse.Namespace):
         if args.restorer == "none":
             return None, 512
         return (lambda crops: backbone_estimate(crops, restorer, batch_size=args.batch_size)), 512
-    from .diffusion.priors import load_prior
+    from .diffusion.loading import load_prior
 
     prior = load_prior(model_files.resolve_model(args.prior, args.models_dir), device=args.device, dtype=dtype)
     recognizer = reference = None

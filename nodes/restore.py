@@ -10,7 +10,7 @@ from ..bfr_core.faces.align import align_faces
 from ..bfr_core.faces.paste import COLOR_MATCH_MODES, paste_faces
 from ..bfr_core.restoration.pipeline import DetectOptions, PasteOptions, crop_masks
 from ..bfr_core.utils.layout import merge_alpha, split_alpha
-from ..bfr_core.diffusion.priors import load_prior
+from ..bfr_core.diffusion.loading import load_prior
 from ..bfr_core.restoration.backbones import load_restorer
 from ..bfr_core.diffusion.sampler import DEFAULT_STRENGTH, SAMPLERS, restore_faces
 from ..bfr_core.restoration.estimate import backbone_estimate, resize_crops

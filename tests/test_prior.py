@@ -28,7 +28,8 @@ from bfr_core.archs.iddpm_unet import (
     count_parameters,
     timestep_embedding,
 )
-from bfr_core.diffusion.priors import DiffusionPrior, PriorLike, infer_iddpm_config, load_prior
+from bfr_core.diffusion.loading import infer_iddpm_config, load_prior
+from bfr_core.diffusion.priors import DiffusionPrior, PriorLike
 from bfr_core.diffusion.schedules import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
 
 from conftest import shared_path
