@@ -9,11 +9,15 @@ from pathlib import Path
 
 import torch
 
-from .models import files as model_files
-from .models.checkpoint import CheckpointError
 from .faces.detection import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, load_detector
 from .io.images import read_image, write_image
-from .restoration.pipeline import DetectOptions, PasteOptions, detect_faces, restore_images
+from .models import files as model_files
+from .models.checkpoint import CheckpointError
+from .faces.detection.batch import DetectOptions, detect_faces
+from .identity.references import embed_reference_faces
+from .restoration.pipeline import PasteOptions, restore_images
+from .restoration.restorer import FaceRestorer
+from .utils.tensors import DTYPE_NAMES, parse_dtype
 
 
 def _add_detect_args(p: argparse.ArgumentParser) -> None:
@@ -55,67 +59,50 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _crop_restorer(args: argparse.Namespace):
-    """The crop → crop function for `restore`: backbone only, or backbone + diffusion prior."""
+def _face_restorer(args: argparse.Namespace) -> FaceRestorer:
+    """The library's restore recipe with the models and settings named on the command line."""
     from .restoration.backbones import load_restorer
-    from .diffusion.sampler import restore_faces
-    from .restoration.estimate import backbone_estimate
 
-    dtype = DTYPES[args.dtype]
-    restorer_path = None if args.restorer == "none" else model_files.resolve_model(args.restorer, args.models_dir)
-    restorer = load_restorer(restorer_path, device=args.device, dtype=dtype)
+    dtype = parse_dtype(args.dtype)
+    backbone = None
+    if args.restorer != "none":
+        backbone = load_restorer(model_files.resolve_model(args.restorer, args.models_dir), device=args.device,
+                                 dtype=dtype)
     if args.prior is None:
         if args.recognizer:
             raise SystemExit("--recognizer (identity guidance) needs --prior")
-        if args.restorer == "none":
-            return None, 512
-        return (lambda crops: backbone_estimate(crops, restorer, batch_size=args.batch_size)), 512
+        return FaceRestorer(backbone=backbone, batch_size=args.batch_size, progress=_print_progress)
     from .diffusion.loading import load_prior
 
     prior = load_prior(model_files.resolve_model(args.prior, args.models_dir), device=args.device, dtype=dtype)
-    recognizer = reference = None
+    identity = None
     if args.recognizer:
         from .identity import load_recognizer
+        from .identity.settings import IdentitySettings
 
         recognizer = load_recognizer(model_files.resolve_model(args.recognizer, args.models_dir), device=args.device)
-        if args.reference:
-            reference = torch.cat([_largest_face(recognizer, path, args) for path in args.reference])
-    def progress(i: int, total: int) -> None:
-        if i == total or i % max(1, total // 10) == 0:
-            print(f"  step {i}/{total}", file=sys.stderr)
+        reference = (torch.cat([_largest_face(recognizer, path, args) for path in args.reference])
+                     if args.reference else None)
+        identity = IdentitySettings(recognizer, strength=args.identity_strength, reference=reference)
+    return FaceRestorer(prior, backbone, strength=args.strength, steps=args.steps, sampler=args.sampler,
+                        eta=args.eta, identity=identity, batch_size=args.batch_size, progress=_print_progress)
 
-    def run(crops):
-        f, guidance = restorer, None
-        if recognizer is not None:
-            from .identity.guidance import IdentityGuidance
 
-            # f(y) at the prior's size, computed once: the sampler's input and the blind identity target.
-            crops, f = backbone_estimate(crops, restorer, int(prior.sample_size), args.batch_size), None
-            guidance = IdentityGuidance(recognizer, strength=args.identity_strength, reference=reference,
-                                        alphas_cumprod=prior.alphas_cumprod)
-            if reference is None:
-                guidance.prepare(crops)
-        return restore_faces(crops, prior, restorer=f, strength=args.strength, steps=args.steps,
-                             sampler=args.sampler, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-                             guidance=guidance, progress=progress)
-
-    return run, max(512, int(prior.sample_size))
+def _print_progress(i: int, total: int) -> None:
+    if i == total or i % max(1, total // 10) == 0:
+        print(f"  step {i}/{total}", file=sys.stderr)
 
 
 def _largest_face(recognizer, path: str, args: argparse.Namespace) -> torch.Tensor:
     """Embedding [1, D] of the largest face in an image file (or of the image itself with --aligned)."""
-    from .faces.align import align_faces
-
     rgb = read_image(path).rgb[None].to(args.device)
-    if not getattr(args, "aligned", False):
-        dets = detect_faces(_detector(args), rgb, DetectOptions(score_threshold=args.threshold, select="largest"))
-        if len(dets[0]) == 0:
-            raise ValueError(f"no face found in {path}; pass a photo with a visible face (or --aligned crops)")
-        rgb, _ = align_faces(rgb, dets, 512)
-    return recognizer.embed(rgb.contiguous())
+    detector = None if getattr(args, "aligned", False) else _detector(args)
+    try:
+        return embed_reference_faces(recognizer, rgb, detector, score_threshold=args.threshold)
+    except ValueError as exc:
+        if detector is None:
+            raise
+        raise ValueError(f"no face found in {path}; pass a photo with a visible face (or --aligned crops)") from exc
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
@@ -129,8 +116,8 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     detector = _detector(args)
-    restore_fn, prior_size = _crop_restorer(args)
-    crop_size = args.crop_size or prior_size
+    restorer = _face_restorer(args)
+    crop_size = args.crop_size or restorer.crop_size
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     paste = PasteOptions(mask=args.mask, color_match=args.color_match)
@@ -151,8 +138,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             unreadable.append(str(path))
             continue
         # Anything failing from here on (models, a full disk) would fail for every image: it stops the run.
-        res = restore_images(img.rgb[None].to(args.device), detector, restore_fn, _options(args), paste,
-                             crop_size=crop_size)
+        res = restore_images(img.rgb[None].to(args.device), detector, restorer, _options(args), paste,
+                             crop_size=crop_size, seed=args.seed)
         write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
         print(f"{path}: {len(res.faces)} face(s) -> {target}")
     if unreadable:
@@ -201,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.5, help="DDIM noise (DifFace: 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4, help="faces per backbone/UNet call (halved on out-of-memory)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="fp32")
     p.add_argument("--crop-size", type=int, default=0, help="aligned crop size (default: the prior's, 512)")
     p.add_argument("--recognizer", help="face recognizer for identity guidance (glintr100.onnx, backbone.pth, "
                                         "recognition_arcface_ir_se50.pth)")

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
-from ..bfr_core.faces.align import align_faces
 from ..bfr_core.identity import load_recognizer
-from ..bfr_core.identity.guidance import IdentityGuidance
-from ..bfr_core.restoration.pipeline import DetectOptions, detect_faces
+from ..bfr_core.identity.references import embed_reference_faces
+from ..bfr_core.identity.settings import IdentitySettings
 from ..bfr_core.utils.layout import split_alpha
 from .comfy_glue import list_models, model_path, on_device, resolve_dtype, to_bchw
 
@@ -30,29 +28,6 @@ def looks_like_recognizer(name: str) -> bool:
     """ArcFace files by their usual names; they share models/facerestore_models with priors and backbones."""
     base = os.path.basename(name).lower()
     return any(k in base for k in ("arcface", "recognition", "backbone", "glint", "w600k"))
-
-
-@dataclass
-class GuidanceSpec:
-    """What BFRIdentityGuidance hands to the restore nodes; made into an IdentityGuidance per run."""
-
-    recognizer: object
-    strength: float
-    start: float
-    end: float
-    mask: object  # "features" | "none" | tensor [B, H, W] in crop space
-    reference: torch.Tensor | None  # embeddings [R, D] of the reference faces, or None (blind)
-    fidelity: float = 0.0
-
-    def build(self, estimates: torch.Tensor, alphas_cumprod: torch.Tensor) -> IdentityGuidance:
-        """The sampler hook for these crops; blind guidance targets the backbone estimates' identity."""
-        guidance = IdentityGuidance(self.recognizer, strength=self.strength, start=self.start, end=self.end,
-                                    reference=self.reference, mask=self.mask, fidelity=self.fidelity,
-                                    alphas_cumprod=alphas_cumprod)
-        if self.reference is None or self.fidelity > 0:
-            guidance.prepare(estimates)
-        guidance.validate(estimates.shape[0])  # per-face masks/targets must match the faces before sampling
-        return guidance
 
 
 class BFRLoadFaceRecognizer:
@@ -82,21 +57,6 @@ class BFRLoadFaceRecognizer:
         # ComfyUI's torch.inference_mode() cannot be saved for backward.
         with torch.inference_mode(False):
             return (load_recognizer(model_path(folder, name), device="cpu", dtype=dt),)
-
-
-def embed_faces(recognizer, images: torch.Tensor, detector=None) -> torch.Tensor:
-    """Embeddings [N, D] of face images: the largest face of each (detected and aligned when a
-    detector is given; otherwise the images must already be aligned face crops)."""
-    rgb, _ = split_alpha(images)
-    if detector is not None:
-        dets = detect_faces(detector, rgb, DetectOptions(select="largest", score_threshold=0.5))
-        missing = [i for i, d in enumerate(dets) if len(d) == 0]
-        if missing:
-            raise ValueError(f"no face found in reference image(s) {missing} (counting from 0); each reference "
-                             f"photo needs one clearly visible face")
-        rgb, _ = align_faces(rgb, dets, 512)
-    with torch.no_grad():
-        return torch.cat([recognizer.embed(rgb[i:i + 8].contiguous()) for i in range(0, rgb.shape[0], 8)])
 
 
 class BFRIdentityGuidance:
@@ -139,13 +99,14 @@ class BFRIdentityGuidance:
 
     def build(self, recognizer, strength, start, end, mask_mode, fidelity=0.0, reference=None, detector=None,
               mask=None):
-        if end > start:
-            raise ValueError(f"end ({end}) must not be larger than start ({start})")
-        ref = None
+        # Settings first: bad values fail here, before any reference photo is embedded.
+        settings = IdentitySettings(recognizer, strength, start, end, mask if mask is not None else mask_mode,
+                                    None, fidelity)
         if reference is not None:
             with on_device(recognizer.model):
-                ref = embed_faces(recognizer, to_bchw(reference).to(recognizer.device), detector).cpu()
-        return (GuidanceSpec(recognizer, strength, start, end, mask if mask is not None else mask_mode, ref, fidelity),)
+                settings.reference = embed_reference_faces(recognizer, to_bchw(reference).to(recognizer.device),
+                                                           detector).cpu()
+        return (settings,)
 
 
 class BFRFaceSimilarity:
@@ -172,8 +133,8 @@ class BFRFaceSimilarity:
             raise ValueError(f"faces_a has {a.shape[0]} faces and faces_b {b.shape[0]}: give the same number, or "
                              f"one face to compare with all")
         with on_device(recognizer.model), torch.no_grad():
-            ea = embed_faces(recognizer, a.to(recognizer.device))
-            eb = embed_faces(recognizer, b.to(recognizer.device))
+            ea = embed_reference_faces(recognizer, a.to(recognizer.device))
+            eb = embed_reference_faces(recognizer, b.to(recognizer.device))
         sims = (ea * eb).sum(1).clamp(-1, 1).float().cpu().tolist()
         lines = [f"face {i}: {s:.4f}" for i, s in enumerate(sims)]
         lines.append(f"mean: {sum(sims) / len(sims):.4f}")

@@ -5,15 +5,15 @@ import os
 
 import torch
 
-from ..bfr_core.faces.detection import SELECT_MODES
-from ..bfr_core.faces.align import align_faces
-from ..bfr_core.faces.paste import COLOR_MATCH_MODES, paste_faces
-from ..bfr_core.restoration.pipeline import DetectOptions, PasteOptions, crop_masks
-from ..bfr_core.utils.layout import merge_alpha, split_alpha
 from ..bfr_core.diffusion.loading import load_prior
+from ..bfr_core.diffusion.sampler import DEFAULT_STRENGTH, SAMPLERS
+from ..bfr_core.faces.detection import SELECT_MODES
+from ..bfr_core.faces.detection.batch import DetectOptions
+from ..bfr_core.faces.paste import COLOR_MATCH_MODES
 from ..bfr_core.restoration.backbones import load_restorer
-from ..bfr_core.diffusion.sampler import DEFAULT_STRENGTH, SAMPLERS, restore_faces
-from ..bfr_core.restoration.estimate import backbone_estimate, resize_crops
+from ..bfr_core.restoration.pipeline import PasteOptions, restore_images
+from ..bfr_core.restoration.restorer import DEFAULT_STEPS, FaceRestorer
+from ..bfr_core.utils.layout import split_alpha
 from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw,
                          to_bhwc)
 from .detect import run_detection
@@ -21,7 +21,6 @@ from .identity import looks_like_recognizer
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-DEFAULT_STEPS = 20
 CATEGORY = "face restore/BFR"
 
 
@@ -110,30 +109,17 @@ def _sampling_inputs():
     }
 
 
-def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, sampler, eta, seed, batch_size,
-                guidance=None):
-    """restore_faces with ComfyUI's device, memory, progress and cancel handling.
-
-    With identity guidance the backbone runs once up front: its estimates are both the blind identity
-    target and the sampler's input (restore_faces(f(y), restorer=None) ≡ restore_faces(y, restorer=f)).
-    """
-    modules = [prior.model] + ([restorer] if isinstance(restorer, torch.nn.Module) else [])
-    if guidance is not None:
-        modules.append(guidance.recognizer.model)
-    # Crops stay on the CPU: restore_faces moves one chunk at a time to the models' device and back,
+def run_restore(restorer: FaceRestorer, crops_bchw: torch.Tensor, seed: int) -> torch.Tensor:
+    """The library's restorer with ComfyUI's device, memory, progress and cancel handling."""
+    # Crops stay on the CPU: the restorer moves one chunk at a time to the models' device and back,
     # so device memory follows batch_size, not the number of faces (video batches).
-    crops = crops_bchw.cpu()
-    with on_device(*modules, extra_bytes=batch_size * 512 * 512 * 4 * 64):
-        hook, size = None, tuple(crops.shape[-2:])
-        if guidance is not None:
-            # The backbone runs here, at the prior's resolution as inside restore_faces, so that its
-            # estimates can also be the blind identity target.
-            crops = backbone_estimate(crops, restorer, int(prior.sample_size), batch_size, progress=StepProgress())
-            restorer = None
-            hook = guidance.build(crops, prior.alphas_cumprod)
-        out = restore_faces(crops, prior, restorer=restorer, strength=strength, steps=steps, sampler=sampler,
-                            eta=eta, seed=seed, guidance=hook, batch_size=batch_size, progress=StepProgress())
-    return resize_crops(out, size)  # guided runs come back at the prior's size
+    with restorer_on_device(restorer):
+        return restorer(crops_bchw.cpu(), seed=seed, progress=StepProgress())
+
+
+def restorer_on_device(restorer: FaceRestorer):
+    """The restorer's networks on ComfyUI's device for the body, with room for batch_size faces' activations."""
+    return on_device(*restorer.modules(), extra_bytes=restorer.batch_size * 512 * 512 * 4 * 64)
 
 
 class BFRDiffusionRestore:
@@ -159,8 +145,9 @@ class BFRDiffusionRestore:
 
     def restore(self, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None, guidance=None):
         rgb, _ = split_alpha(to_bchw(crops))
-        out = run_restore(rgb, prior, restorer, strength, steps, sampler, eta, seed, batch_size, guidance)
-        return (to_bhwc(out),)
+        face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, sampler=sampler, eta=eta,
+                                     identity=guidance, batch_size=batch_size)
+        return (to_bhwc(run_restore(face_restorer, rgb, seed)),)
 
 
 class BFRRestoreFaces:
@@ -194,13 +181,13 @@ class BFRRestoreFaces:
     def restore(self, image, detector, prior, strength, steps, seed, select, color_match, restorer=None,
                 guidance=None):
         images = to_bchw(image)
-        rgb, alpha = split_alpha(images)
-        dets = run_detection(detector, rgb, DetectOptions(select=select))
-        crops, faces = align_faces(rgb, dets, prior.sample_size if prior.sample_size >= 256 else 512)
-        if len(faces) == 0:
+        dets = run_detection(detector, split_alpha(images)[0], DetectOptions(select=select))
+        face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, identity=guidance,
+                                     progress=StepProgress())
+        with restorer_on_device(face_restorer):
+            res = restore_images(images, None, face_restorer, paste=PasteOptions(color_match=color_match),
+                                 seed=seed, detections=dets)
+        if len(res.faces) == 0:
             log.info("BFR Restore Faces: no faces found; images returned unchanged")
             return (image, torch.zeros(image.shape[:3]))
-        restored = run_restore(crops, prior, restorer, strength, steps, "ddim", 0.5, seed, 4, guidance).cpu()
-        masks = crop_masks(restored, PasteOptions(color_match=color_match))
-        out, coverage = paste_faces(rgb, restored, faces, masks, color_match)
-        return (to_bhwc(merge_alpha(out, alpha, images.shape[1])), coverage.float().cpu())
+        return (to_bhwc(res.images), res.coverage.float().cpu())

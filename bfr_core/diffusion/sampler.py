@@ -252,6 +252,8 @@ def restore_faces(
     batch_size: int = 4,
     dtype: torch.dtype | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    seeds=None,
 ) -> Tensor:
     """DifFace-restore aligned faces ``crops`` [B,C,H,W] (RGB in [0, 1]) → [B,C,H,W] in [0, 1], crops' device/dtype.
 
@@ -289,6 +291,7 @@ def restore_faces(
         return crops.clamp(0, 1).clone()  # nothing to do: f = identity, no diffusion
 
     ctx = _Context.build(crops, prior, restorer, t_start, timesteps, sampler, float(eta), seed, guidance, dtype)
+    ctx.seeds = None if seeds is None else [int(v) for v in seeds]
 
     def run(start: int, n: int, report: Callable[[int], None]) -> Tensor:
         out = ctx.run_chunk(crops[start:start + n], torch.arange(start, start + n), report)
@@ -395,7 +398,8 @@ class _Context:
         x0 = f if self.cp == c else (luma(f) if self.cp == 1 else f.repeat(1, 3, 1, 1))
         x0 = x0 * 2.0 - 1.0
         shape = tuple(x0.shape[1:])
-        gens = [torch.Generator(device="cpu").manual_seed(self.seed + int(i)) for i in faces]
+        seeds = [self.seed + int(i) for i in faces] if self.seeds is None else [self.seeds[int(i)] for i in faces]
+        gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
         abar_n = float(self.acp[self.t_start])
         x = math.sqrt(abar_n) * x0 + math.sqrt(1.0 - abar_n) * self._noise(gens, shape)
 

@@ -1,0 +1,43 @@
+"""Detection over image batches: run a detector in chunks and keep the faces the options select."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor
+
+from ...utils.layout import check_images, split_alpha
+from ..types import FaceDetections
+from . import FaceDetector
+from .select import select_faces
+
+Progress = Callable[[int], None]
+
+@dataclass
+class DetectOptions:
+    """Which faces to detect and keep (see `select_faces`)."""
+
+    score_threshold: float = 0.6
+    min_size: float = 0.0
+    sort_by: str = "area"
+    select: str = "all"
+    indices: str = ""
+    max_faces: int = 0
+
+def detect_faces(detector: FaceDetector, images: Tensor, options: DetectOptions | None = None,
+                 chunk: int = 8, progress: Progress | None = None) -> list[FaceDetections]:
+    """Detect and select faces in every image of a batch [B, C, H, W] (C = 1, 3 or 4)."""
+    options = options or DetectOptions()
+    check_images(images)
+    rgb, _ = split_alpha(images)
+    h, w = rgb.shape[-2:]
+    results: list[FaceDetections] = []
+    for start in range(0, rgb.shape[0], chunk):
+        part = rgb[start:start + chunk]
+        for dets in detector.detect(part, score_threshold=options.score_threshold):
+            results.append(select_faces(dets.to("cpu"), (h, w), options.score_threshold, options.min_size,
+                                        options.sort_by, options.select, options.indices, options.max_faces))
+        if progress is not None:
+            progress(part.shape[0])
+    return results
+

@@ -1,0 +1,49 @@
+"""`IdentitySettings`: what a user chooses for identity guidance, turned into a sampler hook per restore.
+
+The settings outlive one restore (a ComfyUI link, a CLI run over many photos); `build` makes the per-call
+`IdentityGuidance` for the faces about to be restored, so blind guidance targets each face's own backbone estimate.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .guidance import FaceRecognizer, IdentityGuidance
+
+
+@dataclass
+class IdentitySettings:
+    """recognizer: any `FaceRecognizer`. strength ≥ 0; guide timesteps t with end·T ≤ t ≤ start·T.
+    mask: "features" | "none" | a crop-space tensor [H, W] / [F, H, W]. reference: embeddings [R, D] of the
+    wanted person (None = blind: keep each face's own identity). fidelity: PGDiff-style pull toward the estimate."""
+
+    recognizer: FaceRecognizer
+    strength: float = 1.0
+    start: float = 1.0
+    end: float = 0.0
+    mask: str | Tensor | None = "features"
+    reference: Tensor | None = None
+    fidelity: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Checked here, when the user sets them, not midway through a restore.
+        for name in ("strength", "fidelity"):
+            v = float(getattr(self, name))
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"identity guidance {name} must be a finite number >= 0, got {v!r}")
+        if not (0.0 <= float(self.end) <= float(self.start) <= 1.0):
+            raise ValueError(f"identity guidance needs 0 <= end <= start <= 1, got start={self.start!r}, "
+                             f"end={self.end!r} (end must not be larger than start)")
+
+    def build(self, estimates: Tensor, alphas_cumprod: Tensor) -> IdentityGuidance:
+        """The sampler hook for these faces. ``estimates``: the backbone's estimates [F, 3, S, S] in [0, 1], in the
+        order they will be restored — the blind target and the fidelity anchor."""
+        guidance = IdentityGuidance(self.recognizer, strength=self.strength, start=self.start, end=self.end,
+                                    reference=self.reference, mask=self.mask, fidelity=self.fidelity,
+                                    alphas_cumprod=alphas_cumprod)
+        if self.reference is None or self.fidelity > 0:
+            guidance.prepare(estimates)
+        guidance.validate(estimates.shape[0])  # per-face masks/targets must match the faces before sampling
+        return guidance

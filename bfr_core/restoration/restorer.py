@@ -1,0 +1,103 @@
+"""`FaceRestorer`: the restore recipe, in one place — aligned crops → restored crops.
+
+backbone f (optional) → DifFace transition with a diffusion prior (optional) → identity guidance during sampling
+(optional). The CLI, the ComfyUI nodes and any other adapter build one of these and call it; none of them composes
+the recipe itself.
+
+How a call runs: the backbone's estimate f(y) of every crop is computed first, at the prior's resolution, in
+chunks with progress (`backbone_estimate`). It is both the sampler's input and, for blind identity guidance, the
+identity target. Then `restore_faces` noises it to the start step set by ``strength`` and denoises it with the
+prior (``restorer=None``: the backbone already ran; the result is bit-identical to letting `restore_faces` run
+the backbone itself). The result comes back at the crops' own size, on their device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..diffusion.sampler import DEFAULT_STRENGTH, OFFICIAL_ETA, DenoiserPrior, restore_faces
+from ..identity.settings import IdentitySettings
+from ..utils import ProgressCallback
+from .backbones import IdentityRestorer
+from .estimate import Restorer, backbone_estimate, resize_crops
+
+DEFAULT_STEPS = 20  # the fast setting: lands where DifFace's 100 steps land on the analytic prior (bench/)
+DEFAULT_CROP_SIZE = 512
+
+
+@dataclass
+class FaceRestorer:
+    """Owns the networks and the settings of one restore recipe; call it on aligned crops.
+
+    prior: a diffusion prior (None: the backbone alone). backbone: f (None: the crop itself). strength: how much of
+    the diffusion chain is re-generated (0 = the backbone's estimate, 0.4 = DifFace). steps, sampler, eta: the
+    sampling schedule (see `restore_faces`). identity: `IdentitySettings` for identity guidance (needs a prior).
+    batch_size: faces per network call (halves itself on out-of-memory). dtype: the prior's compute precision.
+    progress: the default ``progress(done, total)`` callback of calls that pass none.
+    """
+
+    prior: DenoiserPrior | None = None
+    backbone: Restorer | None = None
+    strength: float = DEFAULT_STRENGTH
+    steps: int = DEFAULT_STEPS
+    sampler: str = "ddim"
+    eta: float = OFFICIAL_ETA
+    identity: IdentitySettings | None = None
+    batch_size: int = 4
+    dtype: torch.dtype | None = field(default=None, repr=False)
+    progress: ProgressCallback | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backbone, IdentityRestorer):
+            self.backbone = None  # the "none" backbone: same result, no resize round trip
+        if self.identity is not None and self.prior is None:
+            raise ValueError("identity guidance steers the diffusion prior's sampling: load a prior too")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def crop_size(self) -> int:
+        """The crop size this recipe works at best: the prior's resolution (at least 512 px), else 512."""
+        if self.prior is None:
+            return DEFAULT_CROP_SIZE
+        return max(DEFAULT_CROP_SIZE, int(self.prior.sample_size))
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The networks a call runs, for adapters that place models on a device before calling."""
+        found = [getattr(self.prior, "model", None), self.backbone,
+                 getattr(self.identity.recognizer, "model", None) if self.identity is not None else None]
+        return [m for m in found if isinstance(m, torch.nn.Module)]
+
+    def __call__(self, crops: Tensor, *, seed: int = 0, seeds: Sequence[int] | Tensor | None = None,
+                 progress: ProgressCallback | None = None) -> Tensor:
+        """Restore aligned crops [F, C, H, W] in [0, 1] (C = 1 or 3) → same shape, device and dtype.
+
+        Face i's noise comes from ``seeds[i]`` when given (e.g. `AlignedFaces.face_seeds`), else ``seed + i``.
+        ``progress(done, total)`` is called per backbone chunk, then per denoising step (raising from it stops
+        the run).
+        """
+        if not isinstance(crops, Tensor) or crops.ndim != 4:
+            raise ValueError(f"crops must be a [F, C, H, W] tensor, got {getattr(crops, 'shape', type(crops))}")
+        hw = tuple(crops.shape[-2:])
+        progress = progress or self.progress
+        if crops.shape[0] == 0:
+            return crops.clone()
+        diffuse = self.prior is not None and float(self.strength) > 0
+        if not diffuse and self.backbone is None:
+            return crops.clamp(0, 1)  # nothing to do: no backbone, no diffusion
+        # The backbone runs at the prior's resolution whenever there is a prior, as inside restore_faces.
+        size = None if self.prior is None else int(self.prior.sample_size)
+        estimates = backbone_estimate(crops, self.backbone, size, self.batch_size, progress)
+        if not diffuse:
+            return resize_crops(estimates, hw).to(crops.dtype)
+        guidance = None
+        if self.identity is not None:
+            guidance = self.identity.build(estimates, self.prior.alphas_cumprod)
+        kwargs = {} if seeds is None else {"seeds": seeds}
+        out = restore_faces(estimates, self.prior, restorer=None, strength=self.strength, steps=self.steps,
+                            sampler=self.sampler, eta=self.eta, seed=seed, guidance=guidance,
+                            batch_size=self.batch_size, dtype=self.dtype, progress=progress, **kwargs)
+        return resize_crops(out, hw).to(crops.dtype)
