@@ -161,7 +161,6 @@ def test_restore_images_seeds_each_face_by_its_key(faces64):
     assert torch.equal(both.restored[1], alone.restored[0])
     shifted = restore_images(b, None, fr, seed=8, detections=[db])
     assert float((shifted.restored[0] - alone.restored[0]).abs().max()) > 1e-2
-    torch.testing.assert_close(both.images[1], alone.images[0], atol=1e-3, rtol=0)  # paste of a batch: ~1e-4
     assert not torch.equal(both.images[1], b[0])  # and it was restored
     with pytest.raises(ValueError, match="detector or detections"):
         restore_images(a, None, fr)
