@@ -8,6 +8,8 @@ from typing import Iterable
 
 import torch
 
+from ..bfr_core.utils.tensors import parse_dtype
+
 log = logging.getLogger("bfr_nodes")
 
 # ComfyUI's community folder names (DESIGN.md §3); each is merged, never overwritten.
@@ -155,7 +157,7 @@ def resolve_dtype(name: str) -> torch.dtype:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return parse_dtype(name)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils import resize_antialiased
 from .geometry import alignment_scale, homogeneous, invert_affine, transform_points
 
 
@@ -64,7 +65,7 @@ def shrink_antialiased(src: Tensor, factor: float) -> tuple[Tensor, Tensor]:
     """
     h, w = src.shape[-2:]
     nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
-    small = F.interpolate(src.float(), size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).to(src.dtype)
+    small = resize_antialiased(src.float(), (nh, nw)).to(src.dtype)
     sx, sy = nw / w, nh / h
     old_to_new = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]], dtype=torch.float64,
                               device=src.device)

@@ -98,7 +98,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..faces.geometry import ffhq_template
-from ..utils import device_dtype_of, luma, smoothstep
+from ..utils import device_dtype_of, luma, resize_antialiased, smoothstep
 
 STRENGTH_UNIT = 0.1  # model-space RMS of one step's correction at strength 1 and σ_t = 1 (module docstring)
 MASK_MODES = ("features", "none")
@@ -401,7 +401,7 @@ class IdentityGuidance:
         if key not in self._mask_cache:
             r = self._mask[:, None]
             if tuple(r.shape[-2:]) != size:
-                r = F.interpolate(r, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+                r = resize_antialiased(r, size, mode="bilinear").clamp(0, 1)
                 r = torch.where(r < 1e-6, torch.zeros_like(r), r)  # exact zeros stay zeros despite rounding
             self._mask_cache[key] = r
         r = self._mask_cache[key]
@@ -436,7 +436,7 @@ class IdentityGuidance:
         if key not in self._mask_cache:  # kept on the CPU like the anchors; the chunk's rows go to the device
             a = self._anchor
             if tuple(a.shape[-2:]) != size:
-                a = F.interpolate(a, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+                a = resize_antialiased(a, size).clamp(0, 1)
             self._mask_cache[key] = a * 2 - 1
         return self._mask_cache[key][faces.cpu()].to(device)
 
