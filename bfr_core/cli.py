@@ -20,17 +20,51 @@ from .restoration.restorer import FaceRestorer
 from .utils.tensors import DTYPE_NAMES, parse_dtype
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm")
+
+
+def _number(kind, lo=None, hi=None, zero_ok: bool = False, what: str = ""):
+    """An argparse type: a number of ``kind`` in [lo, hi]; argparse names the option in its error."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if zero_ok and v == 0:
+            return v
+        if (lo is not None and not v >= lo) or (hi is not None and not v <= hi) or v != v:
+            span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {span}{what}")
+        return v
+    return parse
+
+
+def _expand_inputs(paths: list[str]) -> list[str]:
+    """Folders stand for the image files in them (sorted; not recursive); files are kept as given."""
+    out: list[str] = []
+    for p in paths:
+        if Path(p).is_dir():
+            found = sorted(str(f) for f in Path(p).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            if not found:
+                raise ValueError(f"{p} is a folder with no image files ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 def _add_detect_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", help="input image files")
+    p.add_argument("images", nargs="+", help="input image files or folders of images")
     p.add_argument("--detector", default="yunet",
                    help=f"{', '.join(DETECTOR_ALIASES)} or a model file path (default: yunet)")
     p.add_argument("--models-dir", help=f"models folder (also ${model_files.ENV_MODELS_DIR}, or ComfyUI/models)")
-    p.add_argument("--threshold", type=float, default=0.6, help="detection score threshold (default 0.6)")
-    p.add_argument("--min-size", type=float, default=0, help="ignore faces smaller than this many pixels")
+    p.add_argument("--threshold", type=_number(float, 0.0, 1.0), default=0.6,
+                   help="detection score threshold in [0, 1] (default 0.6)")
+    p.add_argument("--min-size", type=_number(float, 0.0), default=0, help="ignore faces smaller than this many pixels")
     p.add_argument("--select", choices=SELECT_MODES, default="all")
     p.add_argument("--indices", default="", help="with --select indices: e.g. '0,2'")
     p.add_argument("--sort", choices=SORT_MODES, default="area")
-    p.add_argument("--max-faces", type=int, default=0, help="keep at most this many faces (0 = all)")
+    p.add_argument("--max-faces", type=_number(int, 0), default=0, help="keep at most this many faces (0 = all)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu (default cpu)")
 
 
@@ -44,10 +78,17 @@ def _options(args: argparse.Namespace) -> DetectOptions:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    args.images = _expand_inputs(args.images)
     detector = _detector(args)
     out = []
+    unreadable: list[str] = []
     for path in args.images:
-        img = read_image(path)
+        try:
+            img = read_image(path)
+        except (ValueError, OSError) as exc:  # reported; the readable images are still detected
+            print(f"error: {exc}", file=sys.stderr)
+            unreadable.append(str(path))
+            continue
         dets = detect_faces(detector, img.rgb[None], _options(args))[0]
         out.append({"image": str(path), "width": img.rgb.shape[2], "height": img.rgb.shape[1],
                     "faces": dets.to_json()})
@@ -56,12 +97,25 @@ def cmd_detect(args: argparse.Namespace) -> int:
     else:
         for item in out:
             print(f"{item['image']}: {len(item['faces'])} face(s)")
-    return 0
+    return _report_unreadable(unreadable, len(args.images))
+
+
+def _report_unreadable(unreadable: list[str], total: int) -> int:
+    """Exit code 2 (with the list) when some inputs could not be read, else 0."""
+    if not unreadable:
+        return 0
+    print(f"error: {len(unreadable)} of {total} image(s) could not be read: {', '.join(unreadable)}", file=sys.stderr)
+    return 2
 
 
 def _face_restorer(args: argparse.Namespace) -> FaceRestorer:
     """The library's restore recipe with the models and settings named on the command line."""
     from .restoration.backbones import load_restorer
+
+    if args.align_only:
+        if args.prior or args.restorer != "none" or args.recognizer:
+            raise ValueError("--align-only restores nothing: drop --prior/--restorer/--recognizer, or --align-only")
+        return FaceRestorer(batch_size=args.batch_size)
 
     dtype = parse_dtype(args.dtype)
     backbone = None
@@ -70,7 +124,12 @@ def _face_restorer(args: argparse.Namespace) -> FaceRestorer:
                                  dtype=dtype)
     if args.prior is None:
         if args.recognizer:
-            raise SystemExit("--recognizer (identity guidance) needs --prior")
+            raise ValueError("--recognizer (identity guidance) needs --prior")
+        if backbone is None and not args.align_only:
+            raise ValueError("nothing to restore with: pass --prior FILE (DifFace's iddpm_ffhq512_ema500000.pth) "
+                             "and/or --restorer FILE (e.g. swinir_restoration512_L1.pth); `python -m bfr_core "
+                             "models` lists the files and where to get them. --align-only pastes the faces back "
+                             "unchanged")
         return FaceRestorer(backbone=backbone, batch_size=args.batch_size, progress=_print_progress)
     from .diffusion.loading import load_prior
 
@@ -115,10 +174,15 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    if not str(args.output).strip():
+        raise ValueError("-o/--output is empty: name the folder for the results")
+    args.images = _expand_inputs(args.images)
     detector = _detector(args)
     restorer = _face_restorer(args)
     crop_size = args.crop_size or restorer.crop_size
     outdir = Path(args.output)
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"-o {outdir} is a file; name a folder for the results")
     outdir.mkdir(parents=True, exist_ok=True)
     paste = PasteOptions(mask=args.mask, color_match=args.color_match)
     taken = {Path(p).resolve() for p in args.images}  # inputs, then each result as it is planned
@@ -142,28 +206,44 @@ def cmd_restore(args: argparse.Namespace) -> int:
                              crop_size=crop_size, seed=args.seed)
         write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
         print(f"{path}: {len(res.faces)} face(s) -> {target}")
-    if unreadable:
-        print(f"error: {len(unreadable)} of {len(targets)} image(s) could not be read: {', '.join(unreadable)}",
-              file=sys.stderr)
-        return 2
-    return 0
+    return _report_unreadable(unreadable, len(targets))
+
+
+def _size_text(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     dirs = model_files.search_dirs(args.models_dir)
     print("searched: " + (", ".join(str(d) for d in dirs) or "(nothing: pass --models-dir or set "
                           f"${model_files.ENV_MODELS_DIR})"))
+    if args.models_dir and not Path(args.models_dir).is_dir():
+        print(f"note: --models-dir {args.models_dir} does not exist (yet); `download` creates it")
+    dest = args.models_dir or "DIR"
     for entry in model_files.REGISTRY.values():
         status, path = model_files.file_status(entry, args.models_dir)
         print(f"{status:10s} {entry.folder}/{entry.name}  [{entry.licence}]" + (f"  {path}" if path else ""))
+        if status in ("missing", "corrupt"):
+            pin = "" if entry.sha256 else " --allow-unpinned"
+            print(f"           {entry.description}; {_size_text(entry.size)}; from {entry.url}\n"
+                  f"           get it: python -m bfr_core download {entry.name} --models-dir {dest}{pin}\n"
+                  f"           or put the file in {dest}/{entry.folder}/ yourself")
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
     dest = args.models_dir or (model_files.search_dirs()[0] if model_files.search_dirs() else None)
     if dest is None:
-        raise SystemExit("pass --models-dir DIR (where to put the file)")
-    path = model_files.download(args.name, dest, args.sha256, args.allow_unpinned)
+        raise ValueError("pass --models-dir DIR (where to put the file)")
+    entry = model_files.REGISTRY[args.name]
+    target = Path(dest) / entry.folder / entry.name
+    try:
+        path = model_files.download(args.name, dest, args.sha256, args.allow_unpinned)
+    except OSError as exc:  # offline, DNS, HTTP errors, a full disk: say what, from where, to where
+        raise OSError(f"could not download {entry.name} from {entry.url} to {target} ({exc}). Without internet, "
+                      f"fetch that URL on another machine and put the file at {target}") from exc
     print(f"saved {path} (sha256 {model_files.sha256_of(path)})")
     return 0
 
@@ -182,17 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "diffusers UNet folder (omitted: no diffusion, the restorer's output is pasted)")
     p.add_argument("--restorer", default="none",
                    help="restoration backbone, e.g. swinir_restoration512_L1.pth ('none': the crop itself)")
-    p.add_argument("--strength", type=float, default=0.4, help="0 = backbone only, 0.4 = DifFace (t=400), 1 = generate")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (DifFace's own setting: 100)")
+    p.add_argument("--strength", type=_number(float, 0.0, 1.0), default=0.4,
+                   help="0 = backbone only, 0.4 = DifFace (t=400), 1 = generate")
+    p.add_argument("--steps", type=_number(int, 1, 1000), default=20, help="denoising steps (DifFace's own setting: 100)")
     p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default="ddim")
-    p.add_argument("--eta", type=float, default=0.5, help="DDIM noise (DifFace: 0.5)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=4, help="faces per backbone/UNet call (halved on out-of-memory)")
+    p.add_argument("--eta", type=_number(float, 0.0, 1.0), default=0.5, help="DDIM noise (DifFace: 0.5)")
+    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--batch-size", type=_number(int, 1), default=4,
+                   help="faces per backbone/UNet call (halved on out-of-memory)")
     p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="fp32")
-    p.add_argument("--crop-size", type=int, default=0, help="aligned crop size (default: the prior's, 512)")
+    p.add_argument("--crop-size", type=_number(int, 64, 4096, zero_ok=True, what=" px, or 0 for the prior's size"),
+                   default=0, help="aligned crop size in px (default 0: the prior's, at least 512)")
+    p.add_argument("--align-only", action="store_true",
+                   help="no restoration: paste the aligned faces back unchanged (checks detection and masks)")
     p.add_argument("--recognizer", help="face recognizer for identity guidance (glintr100.onnx, backbone.pth, "
                                         "recognition_arcface_ir_se50.pth)")
-    p.add_argument("--identity-strength", type=float, default=1.0, help="identity guidance strength (0 = off)")
+    p.add_argument("--identity-strength", type=_number(float, 0.0), default=1.0,
+                   help="identity guidance strength (0 = off)")
     p.add_argument("--reference", nargs="+", help="photos of the person: guide toward their identity "
                                                  "(default: the input's own identity)")
     p.add_argument("--mask", choices=("ellipse", "square"), default="ellipse")
@@ -204,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recognizer", required=True, help="recognizer file (see restore --recognizer)")
     p.add_argument("--aligned", action="store_true", help="the images are already aligned face crops")
     p.add_argument("--detector", default="yunet")
-    p.add_argument("--threshold", type=float, default=0.6)
+    p.add_argument("--threshold", type=_number(float, 0.0, 1.0), default=0.6)
     p.add_argument("--models-dir")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_similarity)

@@ -106,7 +106,7 @@ class BFRDetectFaces:
         dets = run_detection(detector, images, opts)
         total = sum(len(d) for d in dets)
         if total == 0:
-            log.info("BFR Detect Faces: no faces found in %d image(s)", images.shape[0])
+            log.info("BFR Detect Faces: no faces kept in %d image(s)", images.shape[0])
         rgb = split_alpha(images)[0].movedim(1, -1).cpu().numpy()
         preview = torch.from_numpy(np.stack([draw_detections(rgb[b], dets[b]) for b in range(len(dets))]))
         return (dets, preview, total)

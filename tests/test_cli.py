@@ -45,7 +45,7 @@ def test_restore_none_writes_same_size_and_depth(tmp_path, yunet_path, kind):
     elif kind == "rgb16":
         src = src.astype(np.uint16) * 257 + np.uint16(3)
     inp = _write(tmp_path / f"in_{kind}.png", src)
-    rc = main(["restore", str(inp), "-o", str(tmp_path / "out"), "--detector", str(yunet_path)])
+    rc = main(["restore", str(inp), "-o", str(tmp_path / "out"), "--detector", str(yunet_path), "--align-only"])
     assert rc == 0
     out = cv2.imread(str(tmp_path / "out" / f"in_{kind}.png"), cv2.IMREAD_UNCHANGED)
     assert out.shape == src.shape and out.dtype == src.dtype
@@ -166,7 +166,7 @@ def test_similarity_and_guided_restore(tmp_path, yunet_path, capsys):
 def test_restore_never_overwrites_inputs_and_missing_images_are_errors(tmp_path, yunet_path, capsys):
     src = _write(tmp_path / "photo.png", cv2.imread(str(shared_path("images/whole/gfpgan_10045.png"))))
     before = src.read_bytes()
-    assert main(["restore", str(src), "-o", str(tmp_path), "--detector", str(yunet_path)]) == 2
+    assert main(["restore", str(src), "-o", str(tmp_path), "--detector", str(yunet_path), "--align-only"]) == 2
     assert "overwrite" in capsys.readouterr().err and src.read_bytes() == before
     assert main(["detect", str(tmp_path / "nope.jpg"), "--detector", str(yunet_path)]) == 2
     assert "nope.jpg" in capsys.readouterr().err
@@ -177,7 +177,7 @@ def test_one_unreadable_image_does_not_stop_the_batch(tmp_path, yunet_path, caps
     bad = tmp_path / "broken.png"
     bad.write_bytes(good.read_bytes()[:200])  # a truncated PNG
     out = tmp_path / "out"
-    assert main(["restore", str(bad), str(good), "-o", str(out), "--detector", str(yunet_path)]) == 2
+    assert main(["restore", str(bad), str(good), "-o", str(out), "--detector", str(yunet_path), "--align-only"]) == 2
     err = capsys.readouterr().err
     assert "broken.png" in err and "1 of 2" in err
     assert sorted(p.name for p in out.iterdir()) == ["good.png"]  # the good one written, no temp files left
@@ -201,7 +201,7 @@ def test_a_failing_write_stops_the_batch_and_leaves_no_partial_file(tmp_path, yu
 
     monkeypatch.setattr(image_io, "publish", full_disk)
     out = tmp_path / "out"
-    assert main(["restore", *map(str, inputs), "-o", str(out), "--detector", str(yunet_path)]) == 2
+    assert main(["restore", *map(str, inputs), "-o", str(out), "--detector", str(yunet_path), "--align-only"]) == 2
     assert "No space left" in capsys.readouterr().err
     assert len(restored) == 1 and list(out.iterdir()) == []
 

@@ -4,9 +4,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..utils.layout import check_images
 from .geometry import align_matrices
 from .types import AlignedFaces, FaceDetections
 from .warp import warp_faces
+
+MIN_CROP_SIZE = 16  # below this a face has no features left to restore
+
+
+def check_crop_size(crop_size) -> int:
+    """The aligned crop size as an int, or a ValueError naming it."""
+    if isinstance(crop_size, bool) or not isinstance(crop_size, (int,)) and not (
+            hasattr(crop_size, "__index__")):
+        raise ValueError(f"crop_size must be a whole number of pixels, got {crop_size!r}")
+    size = int(crop_size)
+    if size < MIN_CROP_SIZE:
+        raise ValueError(f"crop_size must be at least {MIN_CROP_SIZE} px (512 is the usual), got {size}")
+    return size
 
 
 def align_faces(images: Tensor, detections: list[FaceDetections], crop_size: int = 512,
@@ -16,6 +30,8 @@ def align_faces(images: Tensor, detections: list[FaceDetections], crop_size: int
     images [B, C, H, W] in [0, 1]; detections: one per image. Returns crops [F, C, S, S] on the
     images' device and the `AlignedFaces` that paste-back needs.
     """
+    check_images(images, allow_empty=True)
+    crop_size = check_crop_size(crop_size)
     if len(detections) != images.shape[0]:
         raise ValueError(f"got {len(detections)} detection lists for a batch of {images.shape[0]} images")
     counts = [len(d) for d in detections]

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils.layout import check_images
 from .geometry import alignment_scale, homogeneous
-
-from .warp import sampling_grid, resize_map, image_boxes_of_crops, shrink_antialiased, use_opencv, warp_faces
-from .align import AlignedFaces
 from .masks import gaussian_blur, template_mask
+from .types import AlignedFaces
+from .warp import image_boxes_of_crops, resize_map, sampling_grid, shrink_antialiased, use_opencv, warp_faces
 
 COLOR_MATCH_MODES = ("none", "mean_std", "lowpass")
 
@@ -187,6 +187,8 @@ def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tenso
     their own boxes only; overlapping faces are blended together, order-independently.
     `backend`: as in `warp_faces`.
     """
+    check_images(images, allow_empty=True)
+    check_images(crops, "crops", allow_empty=True, finite=False)  # NaN under a zero mask is harmless: see below
     if images.shape[0] != faces.num_images:
         raise ValueError(f"the faces were aligned from {faces.num_images} images, but {images.shape[0]} images were given")
     if crops.shape[0] != len(faces):
@@ -214,6 +216,9 @@ def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tenso
     affines = affines.float()
     if masks is None:
         masks = template_mask(s, "ellipse", device=device).expand(len(faces), -1, -1)
+    if not isinstance(masks, Tensor) or tuple(masks.shape) != (len(faces), s, s):
+        raise ValueError(f"masks must be one crop-space mask per face, shape {(len(faces), s, s)}; got "
+                         f"{tuple(getattr(masks, 'shape', ())) or type(masks).__name__}")
     masks = masks.to(device, images.dtype)
     if color_match != "none":
         originals = warp_faces(images, faces.image_index.to(device), affines, s, faces.border, backend=backend)

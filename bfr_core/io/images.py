@@ -29,6 +29,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ValueError(f"cannot read image {path} (not an image file, or unsupported format)")
+    frames = _frame_count(path)
+    if frames > 1:  # writing frame 0 only would silently drop the rest
+        raise ValueError(f"{path} holds {frames} frames (animated or multi-page); only single images are restored "
+                         f"here: extract the frames first (e.g. ffmpeg -i {Path(path).name} frame_%04d.png)")
     if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] == 3):
         # IMREAD_UNCHANGED ignores EXIF orientation (phone photos would be sideways); these flags apply it.
         img = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if img.ndim == 2 else cv2.IMREAD_COLOR)
@@ -50,6 +54,16 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         arr = arr[:, :, ::-1]
     rgb = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
     return LoadedImage(rgb, alpha, gray, depth)
+
+
+def _frame_count(path: str | os.PathLike) -> int:
+    """Frames/pages in an image file (animated GIF/WebP/PNG, multi-page TIFF); 1 when OpenCV cannot tell."""
+    import cv2
+
+    try:
+        return int(cv2.imcount(str(path)))
+    except (cv2.error, AttributeError, SystemError):
+        return 1
 
 
 def write_image(path: str | os.PathLike, rgb: Tensor, alpha: Tensor | None = None, gray: bool = False,

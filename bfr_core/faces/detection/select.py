@@ -1,12 +1,15 @@
 """Which detected faces to keep: threshold, minimum size, ordering, choice and count."""
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..types import FaceDetections
 
 SELECT_MODES = ("all", "largest", "center", "indices")
 SORT_MODES = ("area", "left_to_right", "top_to_bottom", "score")
+log = logging.getLogger("bfr_core")
 
 
 def parse_indices(text: str) -> list[int]:
@@ -29,6 +32,24 @@ def face_size(dets: FaceDetections) -> torch.Tensor:
     return wh.min(1).values
 
 
+def check_selection(score_threshold: float, min_size: float, sort_by: str, select: str, indices: str | list[int],
+                    max_faces: int) -> None:
+    """ValueError naming the first selection option that is out of range."""
+    t = float(score_threshold)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold!r}")
+    if not float(min_size) >= 0:
+        raise ValueError(f"min face size must be >= 0 px, got {min_size!r}")
+    if int(max_faces) < 0:
+        raise ValueError(f"max faces must be >= 0 (0 = no limit), got {max_faces!r}")
+    if sort_by not in SORT_MODES:
+        raise ValueError(f"sort_by must be one of {SORT_MODES}, got {sort_by!r}")
+    if select not in SELECT_MODES:
+        raise ValueError(f"select must be one of {SELECT_MODES}, got {select!r}")
+    if select == "indices" and isinstance(indices, str):
+        parse_indices(indices)
+
+
 def select_faces(dets: FaceDetections, image_hw: tuple[int, int], score_threshold: float = 0.0,
                  min_size: float = 0.0, sort_by: str = "area", select: str = "all",
                  indices: str | list[int] = "", max_faces: int = 0) -> FaceDetections:
@@ -39,10 +60,7 @@ def select_faces(dets: FaceDetections, image_hw: tuple[int, int], score_threshol
     (closest to the image centre) | indices (positions in the sorted list, negative from the end);
     finally keep at most `max_faces` (0 = no limit).
     """
-    if sort_by not in SORT_MODES:
-        raise ValueError(f"sort_by must be one of {SORT_MODES}, got {sort_by!r}")
-    if select not in SELECT_MODES:
-        raise ValueError(f"select must be one of {SELECT_MODES}, got {select!r}")
+    check_selection(score_threshold, min_size, sort_by, select, indices, max_faces)
     keep = (dets.scores >= score_threshold) & (face_size(dets) >= min_size)
     dets = dets.index(torch.nonzero(keep).flatten())
     if len(dets) == 0:
@@ -62,6 +80,10 @@ def select_faces(dets: FaceDetections, image_hw: tuple[int, int], score_threshol
         wanted = parse_indices(indices) if isinstance(indices, str) else list(indices)
         n = len(dets)
         picked = [i if i >= 0 else n + i for i in wanted]
+        outside = [w for w, i in zip(wanted, picked) if not 0 <= i < n]
+        if outside:
+            log.warning("face index %s out of range: %d face(s) found (indices count from 0, negative from the end)",
+                        ", ".join(map(str, outside)), n)
         picked = list(dict.fromkeys(i for i in picked if 0 <= i < n))  # a face listed twice is kept once
         dets = dets.index(picked)
     if max_faces > 0:

@@ -1,6 +1,7 @@
 """YuNet face detector through OpenCV's `cv2.FaceDetectorYN` (ONNX model, no torch weights)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -10,6 +11,24 @@ from torch import Tensor
 
 from ...models.checkpoint import CheckpointError
 from ..types import FaceDetections
+
+
+@contextlib.contextmanager
+def _opencv_errors_only():
+    """OpenCV 5's DNN prints a harmless 'setPreferableTarget … new graph engine' warning for every YuNet; keep its
+    log to errors meanwhile, and give the process its own level back (other packs may rely on it)."""
+    import cv2
+
+    logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging_api is None:
+        yield
+        return
+    level = logging_api.getLogLevel()
+    logging_api.setLogLevel(min(level, logging_api.LOG_LEVEL_ERROR))
+    try:
+        yield
+    finally:
+        logging_api.setLogLevel(level)
 
 
 class YuNetDetector:
@@ -28,7 +47,8 @@ class YuNetDetector:
         if not self.path.is_file():
             raise CheckpointError(f"YuNet model not found: {self.path}")
         try:
-            self._net = cv2.FaceDetectorYN.create(str(self.path), "", (320, 320), 0.5, nms_threshold, top_k)
+            with _opencv_errors_only():
+                self._net = cv2.FaceDetectorYN.create(str(self.path), "", (320, 320), 0.5, nms_threshold, top_k)
         except cv2.error as exc:
             from ...models.files import expectation_hint
 
@@ -47,7 +67,8 @@ class YuNetDetector:
         for img in batch:
             h, w = img.shape[:2]
             self._net.setInputSize((w, h))
-            _, rows = self._net.detect(np.ascontiguousarray(img))
+            with _opencv_errors_only():
+                _, rows = self._net.detect(np.ascontiguousarray(img))
             if rows is None or len(rows) == 0:
                 results.append(FaceDetections.empty())
                 continue
