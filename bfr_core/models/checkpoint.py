@@ -7,6 +7,7 @@ The official releases wrap their weights differently (`state_dict`, `params_ema`
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -41,9 +42,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         ) from exc
 
 
-def unwrap_state_dict(obj: Mapping) -> dict[str, Tensor]:
-    """Return the flat tensor dict inside the usual official wrappers, without `module.` prefixes."""
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """How a file wrapped its tensors, so an adapted model can be written back the same way.
+
+    ``wrappers``: the nested dict keys around the tensors (DifFace's ``('state_dict',)``, basicsr's
+    ``('params_ema',)``, ``()`` for a flat dict); ``prefix``: the prefix every tensor key had (DataParallel's
+    ``'module.'``, else ``''``); ``format``: ``'torch'`` (pickle via torch.save) or ``'safetensors'``.
+    """
+
+    wrappers: tuple[str, ...] = ()
+    prefix: str = ""
+    format: str = "torch"
+
+
+def _unwrap(obj: Mapping) -> tuple[dict[str, Tensor], tuple[str, ...], str]:
     sd = obj
+    wrappers: list[str] = []
     for _ in range(3):  # wrappers can nest, e.g. {'state_dict': {'params_ema': ...}}
         if not isinstance(sd, Mapping):
             break
@@ -52,31 +67,82 @@ def unwrap_state_dict(obj: Mapping) -> dict[str, Tensor]:
         for key in _WRAPPER_KEYS:
             if key in sd and isinstance(sd[key], Mapping):
                 sd = sd[key]
+                wrappers.append(key)
                 break
         else:
             break
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"expected a state dict, found {type(sd).__name__}")
     out: dict[str, Tensor] = {}
+    prefixes: set[str] = set()
     for key, value in sd.items():
         if not isinstance(value, Tensor):
             continue
-        while key.startswith("module."):
-            key = key[len("module."):]
-        out[key] = value
+        stripped = key
+        while stripped.startswith("module."):
+            stripped = stripped[len("module."):]
+        prefixes.add(key[: len(key) - len(stripped)])
+        out[stripped] = value
     if not out:
         raise CheckpointError("the checkpoint holds no tensors")
-    return out
+    prefix = prefixes.pop() if len(prefixes) == 1 else ""  # mixed prefixes: written back without any
+    return out, tuple(wrappers), prefix
+
+
+def unwrap_state_dict(obj: Mapping) -> dict[str, Tensor]:
+    """Return the flat tensor dict inside the usual official wrappers, without `module.` prefixes."""
+    return _unwrap(obj)[0]
+
+
+def _with_path(path, exc: CheckpointError) -> CheckpointError:
+    if str(path) in str(exc):
+        return exc
+    return CheckpointError(f"{path}: {exc}")
+
+
+def load_state_dict_and_layout(path: str | os.PathLike) -> tuple[dict[str, Tensor], CheckpointLayout]:
+    """`load_state_dict` plus the file's `CheckpointLayout` (wrapper keys, `module.` prefix, format)."""
+    obj = read_checkpoint(path)
+    try:
+        sd, wrappers, prefix = _unwrap(obj)
+    except CheckpointError as exc:
+        raise _with_path(path, exc) from exc
+    fmt = "safetensors" if Path(path).suffix == ".safetensors" else "torch"
+    return sd, CheckpointLayout(wrappers, prefix, fmt)
+
+
+def write_state_dict(sd: Mapping[str, Tensor], path: str | os.PathLike, layout: CheckpointLayout | None = None) -> Path:
+    """Write ``sd`` (prefix-free keys) atomically in ``layout`` (default: a flat safetensors/torch file by suffix).
+
+    A safetensors file holds a flat dict: wrappers and prefixes of a torch-layout are dropped there (every loader,
+    spandrel's included, strips them anyway). The file appears whole or not at all.
+    """
+    from ..io.atomic import publish, temp_beside
+
+    path = Path(path)
+    layout = layout or CheckpointLayout(format="safetensors" if path.suffix == ".safetensors" else "torch")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+    fd, tmp = temp_beside(path)
+    try:
+        os.close(fd)
+        if layout.format == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp))
+        else:
+            obj: dict = {layout.prefix + k: v for k, v in tensors.items()}
+            for key in reversed(layout.wrappers):
+                obj = {key: obj}
+            torch.save(obj, str(tmp))
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """`read_checkpoint` + `unwrap_state_dict`, with the file's name in any error."""
-    try:
-        return unwrap_state_dict(read_checkpoint(path))
-    except CheckpointError as exc:
-        if str(path) in str(exc):
-            raise
-        raise CheckpointError(f"{path}: {exc}") from exc
+    return load_state_dict_and_layout(path)[0]
 
 
 def wrong_kind_error(path: str | os.PathLike, expected: str, sd: Mapping[str, Tensor], hint: str = "") -> CheckpointError:
