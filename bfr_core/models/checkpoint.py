@@ -178,3 +178,65 @@ def load_strict(module: torch.nn.Module, sd: Mapping[str, Tensor], path: str | o
             parts.append(f"{len(bad_shape)} shape mismatches (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
         raise CheckpointError(f"{path} does not match the {expected} architecture: " + "; ".join(parts))
     module.load_state_dict(sd, strict=True)
+
+
+@dataclass
+class CheckpointOrigin:
+    """Where a module's weights came from, enough to write them back in that file's layout.
+
+    ``key_map``: module state-dict key → file key (prefix-free), for every module entry found in the file (spandrel
+    renames some, e.g. DifFace SwinIR's ``conv_first.1.*`` is spandrel's ``conv_first.*``); ``file_keys``: the
+    file's keys in order; ``kept``: file tensors the module does not hold (written back unchanged);
+    ``not_in_file``: module entries the file did not have (e.g. buffers the architecture recomputes).
+    """
+
+    path: str
+    layout: CheckpointLayout
+    key_map: dict[str, str]
+    file_keys: tuple[str, ...]
+    kept: dict[str, Tensor]
+    not_in_file: tuple[str, ...]
+
+    def file_state_dict(self, module: torch.nn.Module) -> dict[str, Tensor]:
+        """The module's current weights under the file's keys, in the file's order."""
+        own = module.state_dict()
+        by_file = {fk: own[mk] for mk, fk in self.key_map.items()}
+        return {fk: (by_file[fk] if fk in by_file else self.kept[fk]) for fk in self.file_keys}
+
+
+def checkpoint_origin(module: torch.nn.Module, sd: Mapping[str, Tensor], layout: CheckpointLayout,
+                      path: str | os.PathLike) -> CheckpointOrigin:
+    """Match a freshly loaded module's state dict to the file's (prefix-free) ``sd`` it was built from.
+
+    Same name first; entries a loader renamed are paired in order among the leftovers with the same last name
+    component, shape, dtype and *values* (the module was just loaded from ``sd``), so a pairing is verified, not
+    guessed. Call it before the module's dtype or device changes.
+    """
+    own = module.state_dict()
+    key_map: dict[str, str] = {}
+    used: set[str] = set()
+
+    def same(a: Tensor, b: Tensor) -> bool:
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+    leftovers = []
+    for mk, value in own.items():
+        if mk in sd and same(value, sd[mk]):
+            key_map[mk] = mk
+            used.add(mk)
+        else:
+            leftovers.append(mk)
+    free = [fk for fk in sd if fk not in used]
+    not_in_file = []
+    for mk in leftovers:
+        tail = mk.rsplit(".", 1)[-1]
+        for fk in free:
+            if fk.rsplit(".", 1)[-1] == tail and same(own[mk], sd[fk]):
+                key_map[mk] = fk
+                free.remove(fk)
+                break
+        else:
+            not_in_file.append(mk)
+    mapped = set(key_map.values())
+    kept = {fk: sd[fk] for fk in sd if fk not in mapped}
+    return CheckpointOrigin(str(path), layout, key_map, tuple(sd), kept, tuple(not_in_file))
