@@ -247,9 +247,9 @@ ARCHITECTURES: list[Architecture] = [
     Architecture("retinaface_resnet50", "RetinaFace ResNet-50", "detector", *_retinaface("resnet50")),
     Architecture("retinaface_mobilenet0.25", "RetinaFace MobileNet-0.25", "detector", *_retinaface("mobilenet0.25")),
     # recognizers (insightface ONNX graphs are converted by identity.onnx_convert)
-    Architecture("arcface_iresnet", "arcface_torch IResNet (ArcFace)", "recognizer",
+    Architecture("arcface_iresnet", "ArcFace IResNet (arcface_torch)", "recognizer",
                  _lazy(_ir, "is_iresnet_state_dict"), _ignoring_options(_lazy(_ir, "load_iresnet"))),
-    Architecture("facexlib_irse", "facexlib IR-SE (ArcFace)", "recognizer",
+    Architecture("facexlib_irse", "ArcFace IR-SE (facexlib)", "recognizer",
                  _lazy(_ir, "is_irse_state_dict"), _ignoring_options(_lazy(_ir, "load_irse"))),
     Architecture("basicsr_resnet_arcface", "GFPGAN/basicsr ResNetArcFace", "recognizer",
                  _lazy(_ir, "is_resnet_arcface_state_dict"), _ignoring_options(_lazy(_ir, "refuse_resnet_arcface")),
@@ -287,6 +287,10 @@ def identify(sd: Mapping[str, Tensor], kind: str | None = None) -> Architecture 
 
 
 # ------------------------------------------------------------------------------------------ loading
+def _article(name: str) -> str:
+    return ("an " if name[:1].upper() in "AEIOU" else "a ") + name
+
+
 def wrong_kind(name: str | os.PathLike, kind: str, sd: Mapping[str, Tensor], expected: str | None = None,
                hint: str = "") -> CheckpointError:
     """The error for a checkpoint that holds no family of ``kind``: names the file, the expected kind and, when the
@@ -297,7 +301,7 @@ def wrong_kind(name: str | os.PathLike, kind: str, sd: Mapping[str, Tensor], exp
     from ..models.files import expectation_hint
 
     wanted = KIND_NOUNS[kind] + (f" (expected a {expected})" if expected else "")
-    msg = (f"{name} is a {other.title(sd)} {KIND_NOUNS[other.kind]}, not a {wanted}; "
+    msg = (f"{name} is {_article(other.title(sd))} {KIND_NOUNS[other.kind]}, not a {wanted}; "
            f"{KIND_NOUNS[other.kind]}s go in {KIND_FOLDERS[other.kind]}{expectation_hint(name)}.")
     if hint:
         msg += " " + hint
