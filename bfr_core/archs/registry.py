@@ -316,6 +316,7 @@ def load_architecture(
     name: str | os.PathLike | None = None,
     expected: str | None = None,
     hint: str = "",
+    build_hint: str | None = None,
     **options,
 ) -> Loaded:
     """Read ``source`` (a checkpoint path, or a prefix-free state dict named ``name`` in errors) and build the family
@@ -325,7 +326,7 @@ def load_architecture(
     ``build`` (e.g. ``config=``, ``device=``, ``dtype=`` for the iDDPM prior). Errors are `CheckpointError`s naming
     the file: unreadable/truncated (from the reader), `WrongKindError` when the file is recognised as another kind,
     else "is not a <expected> checkpoint (its first keys: …)"; ``hint`` (where such files go) is appended to the
-    kind and build errors.
+    kind errors and (unless ``build_hint`` replaces it there) to the build errors.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; one of {KINDS}")
@@ -344,8 +345,9 @@ def load_architecture(
     try:
         module = arch.build(sd, label, **options)
     except CheckpointError as exc:
-        if hint and hint not in str(exc):
-            raise CheckpointError(f"{exc} {hint}") from exc
+        extra = hint if build_hint is None else build_hint
+        if extra and extra not in str(exc):
+            raise CheckpointError(f"{exc} {extra}") from exc
         raise
     return Loaded(arch, module, sd, layout, label)
 

@@ -189,7 +189,7 @@ def _load_without_spandrel(path: str | os.PathLike, device: str | torch.device, 
     _freeze(model)
     restorer = NativeRestorer(model, path)
     restorer.origin = origin
-    return restorer
+    return restorer.eval()
 
 
 def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "cpu",
@@ -207,13 +207,9 @@ def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "
         spandrel = _import_spandrel()
     except ImportError as exc:
         return _load_without_spandrel(path, device, dtype, exc)
-    try:
-        loaded = load_architecture(path, "backbone", ids=("spandrel",), expected=EXPECTED_KIND,
-                                   hint="CodeFormer needs the spandrel_extra_arches package (ComfyUI installs it).")
-    except CheckpointError as exc:
-        if "spandrel could not build" in str(exc) and EXPECTED_KIND not in str(exc):
-            raise CheckpointError(f"{exc}; expected a {EXPECTED_KIND}") from exc
-        raise
+    loaded = load_architecture(path, "backbone", ids=("spandrel",), expected=EXPECTED_KIND,
+                               hint="CodeFormer needs the spandrel_extra_arches package (ComfyUI installs it).",
+                               build_hint=f"Expected a {EXPECTED_KIND}.")
     descriptor = loaded.module
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise CheckpointError(
@@ -235,7 +231,7 @@ def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "
     _freeze(descriptor.model)
     restorer = SpandrelRestorer(descriptor, path)
     restorer.origin = origin
-    return restorer
+    return restorer.eval()
 
 
 __all__ = ["EXPECTED_KIND", "IdentityRestorer", "NativeRestorer", "SpandrelRestorer", "load_restorer"]
