@@ -24,7 +24,10 @@ output is returned in the input's dtype, always NCHW-contiguous. Weights may be 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import asdict, dataclass
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,10 @@ __all__ = [
     "TINY_CONFIG",
     "timestep_embedding",
     "count_parameters",
+    "IDDPM_MARKERS",
+    "infer_iddpm_config",
+    "is_iddpm_state_dict",
+    "load_iddpm_unet",
 ]
 
 NORM_GROUPS = 32
@@ -298,3 +305,101 @@ class IDDPMUNet(nn.Module):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# ------------------------------------------------------------------------------------------ detection
+IDDPM_MARKERS = ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight", "middle_block.1.qkv.weight")
+
+
+def is_iddpm_state_dict(sd: Mapping[str, Tensor]) -> bool:
+    """True for the key layout of DifFace / guided-diffusion iDDPM UNets (prefix-free)."""
+    return all(k in sd for k in IDDPM_MARKERS)
+
+
+def infer_iddpm_config(
+    sd: Mapping[str, Tensor], image_size: int | None = None, num_head_channels: int = 64
+) -> IDDPMUNetConfig:
+    """Structure of an iDDPM UNet from its (prefix-free) state dict.
+
+    The nominal image size is not in the weights; by default it is 8 px times 2^(levels-1) (512 for
+    DifFace's 7 levels), which only names the attention resolutions — the network is the same.
+    """
+    mc = int(sd["time_embed.0.weight"].shape[1])
+    in_ch = int(sd["input_blocks.0.0.weight"].shape[1])
+    out_ch = int(sd["out.2.weight"].shape[0])
+    n_inputs = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("input_blocks."))
+
+    levels: list[dict] = [{"mult": None, "blocks": 0, "attn": False}]
+    conv_resample = True
+    scale_shift = None
+    for i in range(1, n_inputs):
+        pre = f"input_blocks.{i}."
+        if pre + "0.in_layers.2.weight" in sd:
+            cout = int(sd[pre + "0.in_layers.2.weight"].shape[0])
+            if cout % mc:
+                raise ValueError(f"block {i} width {cout} is not a multiple of the base width {mc}")
+            lv = levels[-1]
+            if lv["mult"] not in (None, cout // mc):
+                raise ValueError(f"block {i} changes width inside a level")
+            lv["mult"] = cout // mc
+            lv["blocks"] += 1
+            lv["attn"] = lv["attn"] or (pre + "1.qkv.weight" in sd)
+            ss = int(sd[pre + "0.emb_layers.1.weight"].shape[0]) == 2 * cout
+            scale_shift = ss if scale_shift is None else scale_shift
+        else:  # a downsample: strided conv (`.0.op`) or, with no weights, average pooling
+            conv_resample = pre + "0.op.weight" in sd
+            levels.append({"mult": None, "blocks": 0, "attn": False})
+    if any(lv["blocks"] == 0 for lv in levels):
+        raise ValueError("a level without residual blocks")
+    n = len(levels)
+    size = image_size or 8 * 2 ** (n - 1)
+    return IDDPMUNetConfig(
+        image_size=size,
+        in_channels=in_ch,
+        out_channels=out_ch,
+        model_channels=mc,
+        channel_mult=tuple(lv["mult"] for lv in levels),
+        num_res_blocks=tuple(lv["blocks"] for lv in levels),
+        attention_resolutions=tuple(size // 2**l for l, lv in enumerate(levels) if lv["attn"]),
+        num_head_channels=num_head_channels,
+        use_scale_shift_norm=bool(scale_shift),
+        conv_resample=conv_resample,
+    )
+
+
+def load_iddpm_unet(
+    sd: Mapping[str, Tensor],
+    path: str | os.PathLike = "<state dict>",
+    *,
+    config: IDDPMUNetConfig | None = None,
+    sample_size: int | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> IDDPMUNet:
+    """The iDDPM UNet in ``sd`` (structure from `infer_iddpm_config` unless ``config`` is given), strictly loaded,
+    on ``device`` in ``dtype``, in eval mode. The weights become the file's tensors (no random init first).
+    CheckpointError naming ``path`` on an unusual layout or a key/shape mismatch."""
+    from ..models.checkpoint import CheckpointError, load_strict
+
+    expected = "DifFace iDDPM UNet"
+    if config is None:
+        try:
+            config = infer_iddpm_config(sd, image_size=sample_size)
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path} looks like a {expected} checkpoint but its layout is unusual ({exc}).") from exc
+    try:
+        with torch.device("meta"):  # no allocation or random init: the file's tensors become the weights
+            model = IDDPMUNet(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: cannot build the UNet ({exc}); pass config= with the right head width") from exc
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # load_strict's final copy into meta tensors is a no-op
+        load_strict(model, sd, path, expected)  # names the file and any key/shape mismatch
+    weights = {}
+    for k, v in sd.items():
+        v = v.to(device=device, dtype=dtype)
+        if v.device.type == "cpu" and v.data_ptr() % 64:
+            v = v.clone()  # safetensors' CPU tensors are 16-byte aligned: realign for the conv kernels
+        weights[k] = v
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model.eval()

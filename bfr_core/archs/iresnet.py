@@ -14,6 +14,9 @@ Written from the published architectures; no code is copied from either project.
 """
 from __future__ import annotations
 
+import os
+from typing import Mapping
+
 import torch
 from torch import Tensor, nn
 
@@ -189,3 +192,75 @@ class InputAffine(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x * self.scale + self.shift)
+
+
+# ------------------------------------------------------------------------------------------ detection and loading
+# Key-based detectors for the registry (`bfr_core.archs.registry`), on prefix-free state dicts.
+
+_IRESNET_MARKERS = frozenset({"conv1.weight", "fc.weight", "features.weight", "layer1.0.bn1.weight"})
+_IRSE_MARKERS = frozenset({"input_layer.0.weight", "output_layer.3.weight"})
+
+
+def stage_counts(sd: Mapping[str, Tensor], prefix: str) -> int:
+    """Number of units ``prefix.N.`` (0..N-1 all present), -1 if the numbering has holes."""
+    idx = {int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)}
+    if idx and idx != set(range(max(idx) + 1)):
+        return -1
+    return len(idx)
+
+
+def is_iresnet_state_dict(sd: Mapping[str, Tensor]) -> bool:
+    """insightface arcface_torch `backbone.pth` (iresnet18..200)."""
+    return _IRESNET_MARKERS <= set(sd)
+
+
+def is_irse_state_dict(sd: Mapping[str, Tensor]) -> bool:
+    """TreB1eN / facexlib IR and IR-SE backbones (`recognition_arcface_ir_se50.pth`)."""
+    return _IRSE_MARKERS <= set(sd) and any(k.startswith("body.") for k in sd)
+
+
+def is_resnet_arcface_state_dict(sd: Mapping[str, Tensor]) -> bool:
+    """GFPGAN/basicsr's `ResNetArcFace` (`arcface_resnet18.pth`, 128×128 grayscale input): recognised to be refused."""
+    return "fc5.weight" in sd and "conv1.weight" in sd and sd["conv1.weight"].ndim == 4 and sd["conv1.weight"].shape[1] == 1
+
+
+def load_iresnet(sd: Mapping[str, Tensor], path: str | os.PathLike = "<state dict>") -> IResNet:
+    """The arcface_torch IResNet in ``sd`` (units per stage read from the keys), strictly loaded."""
+    from ..models.checkpoint import CheckpointError, load_strict
+
+    layers = tuple(stage_counts(sd, f"layer{i}.") for i in range(1, 5))
+    if min(layers) < 1:
+        raise CheckpointError(f"{path}: unexpected arcface_torch layer numbering (units per stage {layers})")
+    net = IResNet(layers, num_features=sd["fc.weight"].shape[0])
+    load_strict(net, sd, path, f"arcface_torch {iresnet_name(layers)}")
+    return net
+
+
+def load_irse(sd: Mapping[str, Tensor], path: str | os.PathLike = "<state dict>") -> IRSEBackbone:
+    """The facexlib IR / IR-SE backbone in ``sd`` (units per stage from the unit widths), strictly loaded."""
+    from ..models.checkpoint import CheckpointError, load_strict
+
+    n_units = stage_counts(sd, "body.")
+    if n_units < 1:
+        raise CheckpointError(f"{path}: unexpected IR-SE layer numbering")
+    depths = []
+    for i in range(n_units):
+        w = sd.get(f"body.{i}.res_layer.1.weight")
+        if w is None:
+            raise CheckpointError(f"{path}: IR-SE unit {i} has no res_layer.1.weight")
+        depths.append(int(w.shape[0]))
+    layers = tuple(depths.count(w) for w in WIDTHS)
+    if sum(layers) != n_units or min(layers) < 1:
+        raise CheckpointError(f"{path}: IR-SE unit widths {sorted(set(depths))} differ from {WIDTHS}")
+    se = "body.0.res_layer.5.fc1.weight" in sd
+    net = IRSEBackbone(layers, se=se, num_features=sd["output_layer.3.weight"].shape[0])
+    load_strict(net, sd, path, f"facexlib {net.arch}")
+    return net
+
+
+def refuse_resnet_arcface(sd: Mapping[str, Tensor], path: str | os.PathLike = "<state dict>") -> nn.Module:
+    from ..models.checkpoint import CheckpointError
+
+    raise CheckpointError(
+        f"{path} is GFPGAN/basicsr's ResNetArcFace (arcface_resnet18.pth: 128×128 grayscale input), "
+        f"a training-loss network that is not supported here.")

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
-from typing import Mapping
-
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..archs.iddpm_unet import IDDPMUNet, IDDPMUNetConfig
-from ..models.checkpoint import CheckpointError, load_state_dict, load_strict, wrong_kind_error
+from ..archs.iddpm_unet import IDDPMUNet, IDDPMUNetConfig, infer_iddpm_config, is_iddpm_state_dict
+from ..archs.registry import load_architecture
+from ..models.checkpoint import CheckpointError
 from .priors import DiffusersUNetAdapter, DiffusionPrior
 from .schedules import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
 
@@ -38,87 +36,8 @@ PRIOR_HINT = (
 )
 
 
-_IDDPM_MARKERS = ("time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight", "middle_block.1.qkv.weight")
-
-
-def is_iddpm_state_dict(sd: Mapping[str, Tensor]) -> bool:
-    return all(k in sd for k in _IDDPM_MARKERS)
-
-
-def infer_iddpm_config(
-    sd: Mapping[str, Tensor], image_size: int | None = None, num_head_channels: int = 64
-) -> IDDPMUNetConfig:
-    """Structure of an iDDPM UNet from its (prefix-free) state dict.
-
-    The nominal image size is not in the weights; by default it is 8 px times 2^(levels-1) (512 for
-    DifFace's 7 levels), which only names the attention resolutions — the network is the same.
-    """
-    mc = int(sd["time_embed.0.weight"].shape[1])
-    in_ch = int(sd["input_blocks.0.0.weight"].shape[1])
-    out_ch = int(sd["out.2.weight"].shape[0])
-    n_inputs = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("input_blocks."))
-
-    levels: list[dict] = [{"mult": None, "blocks": 0, "attn": False}]
-    conv_resample = True
-    scale_shift = None
-    for i in range(1, n_inputs):
-        pre = f"input_blocks.{i}."
-        if pre + "0.in_layers.2.weight" in sd:
-            cout = int(sd[pre + "0.in_layers.2.weight"].shape[0])
-            if cout % mc:
-                raise ValueError(f"block {i} width {cout} is not a multiple of the base width {mc}")
-            lv = levels[-1]
-            if lv["mult"] not in (None, cout // mc):
-                raise ValueError(f"block {i} changes width inside a level")
-            lv["mult"] = cout // mc
-            lv["blocks"] += 1
-            lv["attn"] = lv["attn"] or (pre + "1.qkv.weight" in sd)
-            ss = int(sd[pre + "0.emb_layers.1.weight"].shape[0]) == 2 * cout
-            scale_shift = ss if scale_shift is None else scale_shift
-        else:  # a downsample: strided conv (`.0.op`) or, with no weights, average pooling
-            conv_resample = pre + "0.op.weight" in sd
-            levels.append({"mult": None, "blocks": 0, "attn": False})
-    if any(lv["blocks"] == 0 for lv in levels):
-        raise ValueError("a level without residual blocks")
-    n = len(levels)
-    size = image_size or 8 * 2 ** (n - 1)
-    return IDDPMUNetConfig(
-        image_size=size,
-        in_channels=in_ch,
-        out_channels=out_ch,
-        model_channels=mc,
-        channel_mult=tuple(lv["mult"] for lv in levels),
-        num_res_blocks=tuple(lv["blocks"] for lv in levels),
-        attention_resolutions=tuple(size // 2**l for l, lv in enumerate(levels) if lv["attn"]),
-        num_head_channels=num_head_channels,
-        use_scale_shift_norm=bool(scale_shift),
-        conv_resample=conv_resample,
-    )
-
-
-def _load_iddpm(
-    sd: dict[str, Tensor], path: Path, device, dtype, config: IDDPMUNetConfig | None, sample_size: int | None
-) -> DiffusionPrior:
-    expected = "DifFace iDDPM UNet"
-    if config is None:
-        try:
-            config = infer_iddpm_config(sd, image_size=sample_size)
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{path} looks like a {expected} checkpoint but its layout is unusual ({exc}). {PRIOR_HINT}") from exc
-    try:
-        with torch.device("meta"):  # no allocation or random init: the file's tensors become the weights
-            model = IDDPMUNet(config)
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: cannot build the UNet ({exc}); pass config= with the right head width") from exc
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # load_strict's final copy into meta tensors is a no-op
-        load_strict(model, sd, path, expected)  # names the file and any key/shape mismatch
-    for k in list(sd):
-        v = sd[k].to(device=device, dtype=dtype)
-        if v.device.type == "cpu" and v.data_ptr() % 64:
-            v = v.clone()  # safetensors' CPU tensors are 16-byte aligned: realign for the conv kernels
-        sd[k] = v
-    model.load_state_dict(sd, strict=True, assign=True)
+def _iddpm_prior(model: IDDPMUNet, path: Path, sample_size: int | None) -> DiffusionPrior:
+    config = model.config
     model.eval().requires_grad_(False)
     return DiffusionPrior(
         model=model,
@@ -168,12 +87,8 @@ def _load_diffusers(folder: Path, device, dtype, sample_size: int | None) -> Dif
     if weights is None:
         raise CheckpointError(f"{unet_dir} has config.json but no diffusion_pytorch_model.safetensors. {PRIOR_HINT}")
 
-    from diffusers import UNet2DModel
-
-    sd = load_state_dict(weights)
-    unet = UNet2DModel.from_config({k: v for k, v in cfg.items()})
-    load_strict(unet, sd, weights, "diffusers UNet2DModel (as described by its config.json)")
-    del sd
+    unet = load_architecture(weights, "prior", ids=("diffusers_unet2d",), unet_config=cfg,
+                             expected="diffusers UNet2DModel weights", hint=PRIOR_HINT).module
     nn.Module.to(unet, device=device, dtype=dtype)  # diffusers' own .to() warns about dtype casts
     unet.eval().requires_grad_(False)
 
@@ -239,14 +154,11 @@ def _load_prior(path, device, dtype, config, sample_size) -> DiffusionPrior:
     if path.name in ("config.json", "model_index.json"):
         return _load_diffusers(path.parent, device, dtype, sample_size)
 
-    sd = load_state_dict(path)  # CheckpointError with the path for unreadable/truncated files
-    if is_iddpm_state_dict(sd):
-        return _load_iddpm(sd, path, device, dtype, config, sample_size)
-    if "conv_in.weight" in sd and "time_embedding.linear_1.weight" in sd:
-        raise CheckpointError(
-            f"{path} holds diffusers UNet weights without their config.json: pass the folder "
-            f"holding config.json and {path.name} instead of the file."
-        )
-    raise wrong_kind_error(path, "DifFace iDDPM UNet (diffusion prior)", sd, PRIOR_HINT)
+    # The registry reads the file (CheckpointError with the path when unreadable/truncated), recognises the
+    # family (a diffusers UNet's weights without their config.json get their own explanation), and names what a
+    # file of another kind is.
+    loaded = load_architecture(path, "prior", expected="DifFace iDDPM UNet (diffusion prior)", hint=PRIOR_HINT,
+                               config=config, sample_size=sample_size, device=device, dtype=dtype)
+    return _iddpm_prior(loaded.module, path, sample_size)
 
 

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..models.checkpoint import load_state_dict, load_strict, wrong_kind_error
 from .masks import feather_mask
 
 # Parsing classes that belong to the face (CelebAMask-HQ order used by both facexlib models):
 # 1 skin, 2-3 brows, 4-5 eyes, 6 glasses, 7-9 ears/earring, 10 nose, 11 mouth, 12-13 lips.
 # Not face: 0 background, 14 neck, 15 necklace, 16 cloth, 17 hair, 18 hat.
 FACE_CLASSES = tuple(range(1, 14))
+_PARSER_KINDS = {"facexlib_bisenet": "bisenet", "facexlib_parsenet": "parsenet"}
 
 
 class FaceParser:
@@ -67,17 +66,8 @@ class FaceParser:
 
 def load_face_parser(path: str | os.PathLike, device: torch.device | str = "cpu") -> FaceParser:
     """Load `parsing_bisenet.pth` or `parsing_parsenet.pth` (facexlib layout) without any download."""
-    sd = load_state_dict(path)
-    if any(k.startswith("cp.resnet.") for k in sd):
-        from facexlib.parsing.bisenet import BiSeNet
+    from ..archs.registry import load_architecture
 
-        model, kind = BiSeNet(num_class=19), "bisenet"
-    elif "out_mask_conv.conv2d.weight" in sd and any(k.startswith("encoder.") for k in sd):
-        from facexlib.parsing.parsenet import ParseNet
-
-        model, kind = ParseNet(in_size=512, out_size=512, parsing_ch=19), "parsenet"
-    else:
-        raise wrong_kind_error(path, "facexlib face-parsing (parsing_bisenet.pth / parsing_parsenet.pth)", sd,
-                               "Put parsing_bisenet.pth in ComfyUI/models/facedetection.")
-    load_strict(model, sd, Path(path).name, f"facexlib {kind}")
-    return FaceParser(model.to(device), kind)
+    loaded = load_architecture(path, "parser", expected="facexlib face-parsing (parsing_bisenet.pth / parsing_parsenet.pth)",
+                               hint="Put parsing_bisenet.pth in ComfyUI/models/facedetection.")
+    return FaceParser(loaded.module.to(device), _PARSER_KINDS[loaded.arch.id])

@@ -31,9 +31,10 @@ from torch import Tensor, nn
 from ..faces.geometry import alignment_scale, estimate_similarity, ffhq_template, homogeneous, invert_affine, transform_points
 
 from ..faces.warp import shrink_antialiased, warp_affine
-from ..models.checkpoint import CheckpointError, load_state_dict, load_strict, wrong_kind_error
+from ..archs.iresnet import INPUT_SIZE, IResNet, IRSEBackbone, stage_counts
+from ..archs.registry import load_architecture
+from ..models.checkpoint import CheckpointError, load_state_dict
 from ..models.holder import ModelHolder
-from ..archs.iresnet import INPUT_SIZE, WIDTHS, IResNet, IRSEBackbone, iresnet_name
 
 # insightface's 5-point template for 112×112 ArcFace crops (`arcface_dst` of face_align.norm_crop):
 # left eye, right eye, nose, left mouth corner, right mouth corner (image-left first).
@@ -137,44 +138,17 @@ class Recognizer(ModelHolder):
         return f"Recognizer({self.arch}, {self.source}, device={self.device}, dtype={self.dtype}, path={self.path!r})"
 
 
-def _stage_counts(sd: dict[str, Tensor], prefix: str) -> int:
-    idx = {int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)}
-    if idx and idx != set(range(max(idx) + 1)):
-        return -1
-    return len(idx)
+_stage_counts = stage_counts  # kept for callers of the old private name
+
+_SOURCES = {"arcface_iresnet": "arcface_torch", "facexlib_irse": "facexlib"}
 
 
 def _from_state_dict(sd: dict[str, Tensor], path: str | os.PathLike) -> tuple[nn.Module, str, str]:
-    keys = set(sd)
-    if {"conv1.weight", "fc.weight", "features.weight", "layer1.0.bn1.weight"} <= keys:
-        layers = tuple(_stage_counts(sd, f"layer{i}.") for i in range(1, 5))
-        if min(layers) < 1:
-            raise CheckpointError(f"{path}: unexpected arcface_torch layer numbering (units per stage {layers})")
-        net = IResNet(layers, num_features=sd["fc.weight"].shape[0])
-        load_strict(net, sd, path, f"arcface_torch {iresnet_name(layers)}")
-        return net, net.arch, "arcface_torch"
-    if {"input_layer.0.weight", "output_layer.3.weight"} <= keys and any(k.startswith("body.") for k in keys):
-        n_units = _stage_counts(sd, "body.")
-        if n_units < 1:
-            raise CheckpointError(f"{path}: unexpected IR-SE layer numbering")
-        depths = []
-        for i in range(n_units):
-            w = sd.get(f"body.{i}.res_layer.1.weight")
-            if w is None:
-                raise CheckpointError(f"{path}: IR-SE unit {i} has no res_layer.1.weight")
-            depths.append(int(w.shape[0]))
-        layers = tuple(depths.count(w) for w in WIDTHS)
-        if sum(layers) != n_units or min(layers) < 1:
-            raise CheckpointError(f"{path}: IR-SE unit widths {sorted(set(depths))} differ from {WIDTHS}")
-        se = "body.0.res_layer.5.fc1.weight" in keys
-        net = IRSEBackbone(layers, se=se, num_features=sd["output_layer.3.weight"].shape[0])
-        load_strict(net, sd, path, f"facexlib {net.arch}")
-        return net, net.arch, "facexlib"
-    if "fc5.weight" in keys and "conv1.weight" in keys and sd["conv1.weight"].shape[1] == 1:
-        raise CheckpointError(
-            f"{path} is GFPGAN/basicsr's ResNetArcFace (arcface_resnet18.pth: 128×128 grayscale input), "
-            f"a training-loss network that is not supported here. " + FOLDER_HINT)
-    raise wrong_kind_error(path, "ArcFace recognition (arcface_torch iresnet or facexlib IR-SE)", sd, FOLDER_HINT)
+    """(network, arch, source) of a recognizer state dict, through the architecture registry."""
+    loaded = load_architecture(sd, "recognizer", name=path, hint=FOLDER_HINT,
+                               expected="ArcFace recognition (arcface_torch iresnet or facexlib IR-SE)")
+    net = loaded.module
+    return net, net.arch, _SOURCES[loaded.arch.id]
 
 
 def load_recognizer(path: str | os.PathLike, device: torch.device | str = "cpu",

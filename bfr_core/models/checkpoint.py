@@ -7,6 +7,7 @@ The official releases wrap their weights differently (`state_dict`, `params_ema`
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -41,9 +42,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         ) from exc
 
 
-def unwrap_state_dict(obj: Mapping) -> dict[str, Tensor]:
-    """Return the flat tensor dict inside the usual official wrappers, without `module.` prefixes."""
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """How a file wrapped its tensors, so an adapted model can be written back the same way.
+
+    ``wrappers``: the nested dict keys around the tensors (DifFace's ``('state_dict',)``, basicsr's
+    ``('params_ema',)``, ``()`` for a flat dict); ``prefix``: the prefix every tensor key had (DataParallel's
+    ``'module.'``, else ``''``); ``format``: ``'torch'`` (pickle via torch.save) or ``'safetensors'``.
+    """
+
+    wrappers: tuple[str, ...] = ()
+    prefix: str = ""
+    format: str = "torch"
+
+
+def _unwrap(obj: Mapping) -> tuple[dict[str, Tensor], tuple[str, ...], str]:
     sd = obj
+    wrappers: list[str] = []
     for _ in range(3):  # wrappers can nest, e.g. {'state_dict': {'params_ema': ...}}
         if not isinstance(sd, Mapping):
             break
@@ -52,31 +67,82 @@ def unwrap_state_dict(obj: Mapping) -> dict[str, Tensor]:
         for key in _WRAPPER_KEYS:
             if key in sd and isinstance(sd[key], Mapping):
                 sd = sd[key]
+                wrappers.append(key)
                 break
         else:
             break
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"expected a state dict, found {type(sd).__name__}")
     out: dict[str, Tensor] = {}
+    prefixes: set[str] = set()
     for key, value in sd.items():
         if not isinstance(value, Tensor):
             continue
-        while key.startswith("module."):
-            key = key[len("module."):]
-        out[key] = value
+        stripped = key
+        while stripped.startswith("module."):
+            stripped = stripped[len("module."):]
+        prefixes.add(key[: len(key) - len(stripped)])
+        out[stripped] = value
     if not out:
         raise CheckpointError("the checkpoint holds no tensors")
-    return out
+    prefix = prefixes.pop() if len(prefixes) == 1 else ""  # mixed prefixes: written back without any
+    return out, tuple(wrappers), prefix
+
+
+def unwrap_state_dict(obj: Mapping) -> dict[str, Tensor]:
+    """Return the flat tensor dict inside the usual official wrappers, without `module.` prefixes."""
+    return _unwrap(obj)[0]
+
+
+def _with_path(path, exc: CheckpointError) -> CheckpointError:
+    if str(path) in str(exc):
+        return exc
+    return CheckpointError(f"{path}: {exc}")
+
+
+def load_state_dict_and_layout(path: str | os.PathLike) -> tuple[dict[str, Tensor], CheckpointLayout]:
+    """`load_state_dict` plus the file's `CheckpointLayout` (wrapper keys, `module.` prefix, format)."""
+    obj = read_checkpoint(path)
+    try:
+        sd, wrappers, prefix = _unwrap(obj)
+    except CheckpointError as exc:
+        raise _with_path(path, exc) from exc
+    fmt = "safetensors" if Path(path).suffix == ".safetensors" else "torch"
+    return sd, CheckpointLayout(wrappers, prefix, fmt)
+
+
+def write_state_dict(sd: Mapping[str, Tensor], path: str | os.PathLike, layout: CheckpointLayout | None = None) -> Path:
+    """Write ``sd`` (prefix-free keys) atomically in ``layout`` (default: a flat safetensors/torch file by suffix).
+
+    A safetensors file holds a flat dict: wrappers and prefixes of a torch-layout are dropped there (every loader,
+    spandrel's included, strips them anyway). The file appears whole or not at all.
+    """
+    from ..io.atomic import publish, temp_beside
+
+    path = Path(path)
+    layout = layout or CheckpointLayout(format="safetensors" if path.suffix == ".safetensors" else "torch")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+    fd, tmp = temp_beside(path)
+    try:
+        os.close(fd)
+        if layout.format == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp))
+        else:
+            obj: dict = {layout.prefix + k: v for k, v in tensors.items()}
+            for key in reversed(layout.wrappers):
+                obj = {key: obj}
+            torch.save(obj, str(tmp))
+        publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """`read_checkpoint` + `unwrap_state_dict`, with the file's name in any error."""
-    try:
-        return unwrap_state_dict(read_checkpoint(path))
-    except CheckpointError as exc:
-        if str(path) in str(exc):
-            raise
-        raise CheckpointError(f"{path}: {exc}") from exc
+    return load_state_dict_and_layout(path)[0]
 
 
 def wrong_kind_error(path: str | os.PathLike, expected: str, sd: Mapping[str, Tensor], hint: str = "") -> CheckpointError:
@@ -112,3 +178,65 @@ def load_strict(module: torch.nn.Module, sd: Mapping[str, Tensor], path: str | o
             parts.append(f"{len(bad_shape)} shape mismatches (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
         raise CheckpointError(f"{path} does not match the {expected} architecture: " + "; ".join(parts))
     module.load_state_dict(sd, strict=True)
+
+
+@dataclass
+class CheckpointOrigin:
+    """Where a module's weights came from, enough to write them back in that file's layout.
+
+    ``key_map``: module state-dict key → file key (prefix-free), for every module entry found in the file (spandrel
+    renames some, e.g. DifFace SwinIR's ``conv_first.1.*`` is spandrel's ``conv_first.*``); ``file_keys``: the
+    file's keys in order; ``kept``: file tensors the module does not hold (written back unchanged);
+    ``not_in_file``: module entries the file did not have (e.g. buffers the architecture recomputes).
+    """
+
+    path: str
+    layout: CheckpointLayout
+    key_map: dict[str, str]
+    file_keys: tuple[str, ...]
+    kept: dict[str, Tensor]
+    not_in_file: tuple[str, ...]
+
+    def file_state_dict(self, module: torch.nn.Module) -> dict[str, Tensor]:
+        """The module's current weights under the file's keys, in the file's order."""
+        own = module.state_dict()
+        by_file = {fk: own[mk] for mk, fk in self.key_map.items()}
+        return {fk: (by_file[fk] if fk in by_file else self.kept[fk]) for fk in self.file_keys}
+
+
+def checkpoint_origin(module: torch.nn.Module, sd: Mapping[str, Tensor], layout: CheckpointLayout,
+                      path: str | os.PathLike) -> CheckpointOrigin:
+    """Match a freshly loaded module's state dict to the file's (prefix-free) ``sd`` it was built from.
+
+    Same name first; entries a loader renamed are paired in order among the leftovers with the same last name
+    component, shape, dtype and *values* (the module was just loaded from ``sd``), so a pairing is verified, not
+    guessed. Call it before the module's dtype or device changes.
+    """
+    own = module.state_dict()
+    key_map: dict[str, str] = {}
+    used: set[str] = set()
+
+    def same(a: Tensor, b: Tensor) -> bool:
+        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+    leftovers = []
+    for mk, value in own.items():
+        if mk in sd and same(value, sd[mk]):
+            key_map[mk] = mk
+            used.add(mk)
+        else:
+            leftovers.append(mk)
+    free = [fk for fk in sd if fk not in used]
+    not_in_file = []
+    for mk in leftovers:
+        tail = mk.rsplit(".", 1)[-1]
+        for fk in free:
+            if fk.rsplit(".", 1)[-1] == tail and same(own[mk], sd[fk]):
+                key_map[mk] = fk
+                free.remove(fk)
+                break
+        else:
+            not_in_file.append(mk)
+    mapped = set(key_map.values())
+    kept = {fk: sd[fk] for fk in sd if fk not in mapped}
+    return CheckpointOrigin(str(path), layout, key_map, tuple(sd), kept, tuple(not_in_file))

@@ -10,6 +10,9 @@ SwinIR with the project's own port (`bfr_core.restorer_archs`) when spandrel is 
   ``spandrel.ModelLoader().load_from_state_dict``, which detects the architecture from the keys (DifFace's SwinIR
   with its 8× pixel-unshuffle input, ``conv_first.1.*``, is spandrel's SwinIR with ``start_unshuffle=8``, scale 1).
   spandrel never unpickles anything itself here.
+* both paths go through the architecture registry (`bfr_core.archs.registry`): the ``spandrel`` entry delegates
+  detection to spandrel, the ``swinir`` entry is the own port; a file the registry recognises as another kind
+  (a RetinaFace detector, an iDDPM prior, …) is refused with what it is (`WrongKindError`).
 * without spandrel (the CLI's optional dependency) a SwinIR-like state dict (DifFace's backbone and the other
   SwinIR releases) is built by `bfr_core.restorer_archs.load_swinir` (configuration read from the keys/shapes,
   strict loading) and wrapped in `NativeRestorer`, which behaves like `SpandrelRestorer` (same size policy:
@@ -35,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.checkpoint import CheckpointError, load_state_dict, wrong_kind_error
-from ..archs.swinir import is_swinir_state_dict, load_swinir
+from ..archs.registry import load_architecture
+from ..archs.swinir import is_swinir_state_dict, load_swinir  # noqa: F401  (kept importable from here)
+from ..models.checkpoint import CheckpointError, CheckpointOrigin, checkpoint_origin
 
 EXPECTED_KIND = ("face-restoration backbone spandrel can load (DifFace SwinIR swinir_restoration512_L1.pth, "
                  "GFPGAN v1.4, RestoreFormer++, …)")
@@ -90,11 +94,18 @@ class _SizeRequirements:
 
 
 class _ResizingRestorer(torch.nn.Module):
-    """RGB [0,1] → RGB [0,1] of the input's size around a model with size requirements (see module doc)."""
+    """RGB [0,1] → RGB [0,1] of the input's size around a model with size requirements (see module doc).
+
+    Differentiable: the network runs in the caller's grad mode (no inference mode of its own), so a training loop
+    can back-propagate through it (`bfr_core.training.trainable`); loaded backbones are frozen and in eval mode
+    until then. ``origin`` (a `CheckpointOrigin`, set by `load_restorer`) records the file layout for
+    `bfr_core.training.save_backbone`.
+    """
 
     model: torch.nn.Module
     architecture: str
     size_requirements: object
+    origin: CheckpointOrigin | None = None
 
     def _run(self, inp: Tensor) -> Tensor:  # inp meets the size requirements; returns [0, 1]
         raise NotImplementedError
@@ -107,14 +118,17 @@ class _ResizingRestorer(torch.nn.Module):
         inp = x.to(device=p.device, dtype=torch.float32).clamp(0, 1)
         th, tw = _valid_size(h, w, self.size_requirements)
         inp = _resize(inp, (th, tw)).clamp(0, 1).to(p.dtype).contiguous()
-        out = self._run(inp)
-        out = out.float().clone()  # a normal tensor again, usable outside inference mode
-        out = _resize(out, (h, w))
-        return out.clamp_(0, 1).to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        out = _resize(self._run(inp).float(), (h, w))
+        return out.clamp(0, 1).to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
 
 
 class SpandrelRestorer(_ResizingRestorer):
-    """A spandrel ``ImageModelDescriptor`` as an RGB [0,1] → RGB [0,1] module of the input's size."""
+    """A spandrel ``ImageModelDescriptor`` as an RGB [0,1] → RGB [0,1] module of the input's size.
+
+    Runs the descriptor's network the way spandrel's ``descriptor(image)`` does (its call function, output clamped
+    to [0, 1]; the input already meets the size requirements, so spandrel would not pad) but without spandrel's
+    ``torch.inference_mode`` and without forcing eval mode, so gradients can flow.
+    """
 
     def __init__(self, descriptor, path: str | os.PathLike | None = None):
         super().__init__()
@@ -124,9 +138,10 @@ class SpandrelRestorer(_ResizingRestorer):
         self.architecture = descriptor.architecture.id
         self.scale = int(descriptor.scale)
         self.size_requirements = descriptor.size_requirements
+        self._call_fn = getattr(descriptor, "_call_fn", None) or (lambda model, image: model(image))
 
     def _run(self, inp: Tensor) -> Tensor:
-        return self.descriptor(inp)  # runs under torch.inference_mode, clamps to [0, 1]
+        return self._call_fn(self.model, inp).clamp(0, 1)
 
 
 class NativeRestorer(_ResizingRestorer):
@@ -141,40 +156,50 @@ class NativeRestorer(_ResizingRestorer):
         unshuffle = int(model.cfg.unshuffle)
         self.size_requirements = _SizeRequirements(minimum=16, multiple_of=unshuffle**2)  # as spandrel's SwinIR
 
-    @torch.inference_mode()
     def _run(self, inp: Tensor) -> Tensor:
-        return self.model(inp).clamp_(0, 1)
+        return self.model(inp).clamp(0, 1)
+
+
+def _freeze(module: torch.nn.Module) -> None:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
 
 
 def _load_without_spandrel(path: str | os.PathLike, device: str | torch.device, dtype: torch.dtype,
                            import_error: ImportError) -> torch.nn.Module:
-    sd = load_state_dict(path)
-    if not is_swinir_state_dict(sd):
-        sample = ", ".join(list(sd)[:4])
-        raise CheckpointError(
-            f"{path} is not a SwinIR checkpoint (its first keys: {sample}); without the 'spandrel' package only "
-            "SwinIR backbones (DifFace's swinir_restoration512_L1.pth) load. This architecture needs spandrel: "
-            "ComfyUI installs it; for the CLI run `pip install spandrel` (or use restorer 'none')."
-        ) from import_error
-    model = load_swinir(sd, path)
+    try:
+        loaded = load_architecture(
+            path, "backbone", ids=("swinir",), expected="SwinIR",
+            hint="Without the 'spandrel' package only SwinIR backbones (DifFace's swinir_restoration512_L1.pth) "
+                 "load. This architecture needs spandrel: ComfyUI installs it; for the CLI run `pip install spandrel` "
+                 "(or use restorer 'none').")
+    except CheckpointError as exc:
+        if "is not a SwinIR checkpoint" in str(exc):  # keep "spandrel is missing" as the cause
+            raise exc from import_error
+        raise
+    model = loaded.module
     if model.cfg.in_chans != 3:
         raise CheckpointError(f"{path} is a {model.cfg.in_chans}-channel SwinIR; expected an RGB {EXPECTED_KIND}")
+    origin = checkpoint_origin(model, loaded.state_dict, loaded.layout, path)
     if dtype == torch.float16:  # as spandrel: SwinIR is not run in fp16
         warnings.warn(f"SwinIR does not support {dtype}; running it in float32", stacklevel=3)
         dtype = torch.float32
     model.to(device=torch.device(device), dtype=dtype)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return NativeRestorer(model.eval(), path)
+    _freeze(model)
+    restorer = NativeRestorer(model, path)
+    restorer.origin = origin
+    return restorer.eval()
 
 
 def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """Backbone f for DifFace: identity for None/"none", otherwise the spandrel model in ``path`` (without spandrel:
-    the own SwinIR port for SwinIR files; see module doc).
+    the own SwinIR port for SwinIR files; see module doc). Both go through `bfr_core.archs.registry`.
 
     ``dtype`` the model does not support (spandrel's ``supports_half``/``supports_bfloat16``; DifFace's SwinIR has
-    no fp16) falls back to float32 with a warning. The module is in eval mode with gradients off.
+    no fp16) falls back to float32 with a warning. The module is in eval mode with gradients off (inference); for
+    fine-tuning see `bfr_core.training.trainable`, and `bfr_core.training.save_backbone` to write it back.
     """
     if path is None or (isinstance(path, str) and path.strip().lower() in ("", "none")):
         return IdentityRestorer()
@@ -182,18 +207,10 @@ def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "
         spandrel = _import_spandrel()
     except ImportError as exc:
         return _load_without_spandrel(path, device, dtype, exc)
-    sd = load_state_dict(path)
-    try:
-        descriptor = spandrel.ModelLoader().load_from_state_dict(dict(sd))
-    except spandrel.UnsupportedModelError:
-        raise wrong_kind_error(
-            path, EXPECTED_KIND, sd,
-            hint="CodeFormer needs the spandrel_extra_arches package (ComfyUI installs it).",
-        ) from None
-    except Exception as exc:  # detected an architecture but the keys/shapes did not fit it
-        raise CheckpointError(
-            f"{path}: spandrel could not build a model from it ({type(exc).__name__}: {exc}); expected a {EXPECTED_KIND}"
-        ) from exc
+    loaded = load_architecture(path, "backbone", ids=("spandrel",), expected=EXPECTED_KIND,
+                               hint="CodeFormer needs the spandrel_extra_arches package (ComfyUI installs it).",
+                               build_hint=f"Expected a {EXPECTED_KIND}.")
+    descriptor = loaded.module
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise CheckpointError(
             f"{path} is a {descriptor.architecture.name} model ({type(descriptor).__name__}), not an image-to-image "
@@ -204,16 +221,17 @@ def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "
             f"{path} is a {descriptor.architecture.name} model with {descriptor.input_channels} input / "
             f"{descriptor.output_channels} output channels; expected an RGB {EXPECTED_KIND}"
         )
+    origin = checkpoint_origin(descriptor.model, loaded.state_dict, loaded.layout, path)
     if (dtype == torch.float16 and not descriptor.supports_half) or (
         dtype == torch.bfloat16 and not descriptor.supports_bfloat16
     ):
         warnings.warn(f"{descriptor.architecture.name} does not support {dtype}; running it in float32", stacklevel=2)
         dtype = torch.float32
     descriptor.to(torch.device(device), dtype)
-    descriptor.model.eval()
-    for p in descriptor.model.parameters():
-        p.requires_grad_(False)
-    return SpandrelRestorer(descriptor, path)
+    _freeze(descriptor.model)
+    restorer = SpandrelRestorer(descriptor, path)
+    restorer.origin = origin
+    return restorer.eval()
 
 
-__all__ = ["EXPECTED_KIND", "IdentityRestorer", "SpandrelRestorer", "load_restorer"]
+__all__ = ["EXPECTED_KIND", "IdentityRestorer", "NativeRestorer", "SpandrelRestorer", "load_restorer"]
