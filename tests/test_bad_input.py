@@ -195,3 +195,22 @@ def test_detect_node_refuses_an_empty_batch(comfy_pack, yunet_path):
 
     with pytest.raises(ValueError, match="empty batch"):
         node.detect(torch.zeros(0, 32, 32, 3), load_detector(yunet_path), 0.6, 0, "all", "", "area", 0)
+
+
+def test_a_model_of_another_kind_is_named_not_torch_internals(tmp_path, capsys, yunet_path):
+    from bfr_core import CheckpointError, load_prior, load_restorer
+
+    for load in (load_prior, load_restorer):
+        with pytest.raises(CheckpointError, match="is an ONNX model") as exc:
+            load(yunet_path)
+        assert "weights_only" not in str(exc.value)
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "run": json.JSONDecoder()}, evil)  # an arbitrary pickled object
+    with pytest.raises(CheckpointError) as exc:
+        load_prior(evil)
+    msg = str(exc.value)
+    assert "evil.pth" in msg and "never allowed to run code" in msg and "Re-running" not in msg
+    photo = _photo(tmp_path)
+    assert main(["restore", str(photo), "-o", str(tmp_path / "out"), "--detector", str(yunet_path),
+                 "--prior", str(yunet_path)]) == 2
+    assert "is an ONNX model" in capsys.readouterr().err

@@ -26,6 +26,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        from .files import expectation_hint
+
+        raise CheckpointError(
+            f"{path} is an ONNX model (a face detector such as YuNet, or an insightface recognizer), not a PyTorch "
+            f"checkpoint: give it where a detector or recognizer is expected{expectation_hint(path)}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -35,8 +41,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as exc:  # truncated zip, bad pickle, wrong format...
         from .files import expectation_hint
 
+        # torch's weights_only refusal is pages long and tells users to disable the safety check: keep one line.
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:200]
         raise CheckpointError(
-            f"cannot read model file {path} ({type(exc).__name__}: {exc}). The file may be truncated "
+            f"cannot read model file {path} ({type(exc).__name__}: {first}). The file may be truncated, hold "
+            f"more than tensors (refused: checkpoints are never allowed to run code), "
             f"or not a PyTorch/safetensors checkpoint; download it again "
             f"(`python -m bfr_core models` checks every known file's sha256){expectation_hint(path)}."
         ) from exc
