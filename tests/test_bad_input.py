@@ -205,7 +205,7 @@ def test_a_model_of_another_kind_is_named_not_torch_internals(tmp_path, capsys, 
             load(yunet_path)
         assert "weights_only" not in str(exc.value)
     evil = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "run": json.JSONDecoder()}, evil)  # an arbitrary pickled object
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "run": __import__("argparse").Namespace(x=1)}, evil)  # an arbitrary pickled object
     with pytest.raises(CheckpointError) as exc:
         load_prior(evil)
     msg = str(exc.value)
