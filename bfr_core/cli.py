@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from .models import files as model_files
 from .models.checkpoint import CheckpointError
 from .faces.detection import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, load_detector
@@ -61,7 +62,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def _crop_restorer(args: argparse.Namespace):
     """The crop → crop function for `restore`: backbone only, or backbone + diffusion prior."""
     from .restoration.backbones import load_restorer
-    from .diffusion.sampler import restore_faces
+    from .restoration.difface import restore_faces
     from .restoration.estimate import backbone_estimate
 
     dtype = DTYPES[args.dtype]
@@ -196,9 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restorer", default="none",
                    help="restoration backbone, e.g. swinir_restoration512_L1.pth ('none': the crop itself)")
     p.add_argument("--strength", type=float, default=0.4, help="0 = backbone only, 0.4 = DifFace (t=400), 1 = generate")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (DifFace's own setting: 100)")
-    p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default="ddim")
-    p.add_argument("--eta", type=float, default=0.5, help="DDIM noise (DifFace: 0.5)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"denoising steps (default: the sampler preset's; fast: {DEFAULT_STEPS}, official: 100)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                   help="fast: 20 DDIM steps, eta 0.5 (default); official: DifFace exactly; ddim; dpmsolver++")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (default: the preset's, 0.5 as DifFace)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4, help="faces per backbone/UNet call (halved on out-of-memory)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")

@@ -12,7 +12,8 @@ from ..bfr_core.restoration.pipeline import DetectOptions, PasteOptions, crop_ma
 from ..bfr_core.utils.layout import merge_alpha, split_alpha
 from ..bfr_core.diffusion.loading import load_prior
 from ..bfr_core.restoration.backbones import load_restorer
-from ..bfr_core.diffusion.sampler import DEFAULT_STRENGTH, SAMPLERS, restore_faces
+from ..bfr_core.diffusion.timesteps import DEFAULT_STEPS, DEFAULT_STRENGTH, SAMPLERS
+from ..bfr_core.restoration.difface import restore_faces
 from ..bfr_core.restoration.estimate import backbone_estimate, resize_crops
 from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw,
                          to_bhwc)
@@ -21,7 +22,6 @@ from .identity import looks_like_recognizer
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-DEFAULT_STEPS = 20
 CATEGORY = "face restore/BFR"
 
 
@@ -98,8 +98,11 @@ def _sampling_inputs():
         "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 1000,
                           "tooltip": "Denoising steps from the start point to the clean face. DifFace's own "
                                      "setting is 100 DDIM steps; 20 is close in quality and 5x faster."}),
-        "sampler": (list(SAMPLERS), {"default": "ddim", "tooltip": "DDIM (DifFace's sampler) or DPM-Solver++ "
-                                                                   "(deterministic, good at few steps)."}),
+        "sampler": (list(SAMPLERS), {"default": "ddim", "tooltip": "ddim / fast: DDIM (DifFace's sampler) over "
+                                                                   "'steps' evenly spaced steps; official: DifFace "
+                                                                   "exactly (100 steps at strength 0.4, eta 0.5; "
+                                                                   "ignores steps and eta); dpmsolver++: "
+                                                                   "deterministic, good at few steps."}),
         "eta": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                           "tooltip": "DDIM noise per step (DifFace: 0.5); ignored by DPM-Solver++."}),
         "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
@@ -131,6 +134,8 @@ def run_restore(crops_bchw: torch.Tensor, prior, restorer, strength, steps, samp
             crops = backbone_estimate(crops, restorer, int(prior.sample_size), batch_size, progress=StepProgress())
             restorer = None
             hook = guidance.build(crops, prior.alphas_cumprod)
+        if sampler == "official":  # the preset fixes its own steps and eta
+            steps = eta = None
         out = restore_faces(crops, prior, restorer=restorer, strength=strength, steps=steps, sampler=sampler,
                             eta=eta, seed=seed, guidance=hook, batch_size=batch_size, progress=StepProgress())
     return resize_crops(out, size)  # guided runs come back at the prior's size
