@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -45,9 +45,15 @@ from ..utils import device_dtype_of
 from .priors import PREDICTION_TYPES, Prior
 from .samplers import BuiltinSampler, Noise, SchedulerSampler
 
-Guidance = Callable[..., Tensor]
 
-__all__ = ["ModelDenoiser", "model_device_dtype", "sample_latents", "slice_cond"]
+
+class Guidance(Protocol):
+    """Per-step x0 correction; see the module docstring ("Guidance hook") for exact semantics."""
+
+    def __call__(self, x_t: Tensor, t: int, x0_pred: Tensor, *, faces: Tensor) -> Tensor: ...
+
+
+__all__ = ["Guidance", "ModelDenoiser", "model_device_dtype", "sample_latents", "slice_cond"]
 
 
 def model_device_dtype(prior: Any, dtype: torch.dtype | None,

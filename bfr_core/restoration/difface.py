@@ -106,8 +106,10 @@ def restore_faces(
     """DifFace-restore aligned faces ``crops`` [B,C,H,W] (RGB in [0, 1]) → [B,C,H,W] in [0, 1], crops' device/dtype.
 
     ``sampler``: a preset name (``"fast"`` default: 20 DDIM steps, η 0.5; ``"official"``: DifFace exactly;
-    ``"ddim"``; ``"dpmsolver++"``) or a diffusers scheduler instance; ``steps``/``eta`` None = the preset's
-    defaults; ``timesteps``: explicit descending integer timesteps (override steps and spacing). ``seeds``: one
+    ``"ddim"``; ``"dpmsolver++"``) or a diffusers scheduler instance (driven on the prior's schedule, 20 steps
+    evenly spaced from t_N unless ``steps``/``timesteps`` say otherwise; ``eta`` goes to its ``step`` where that takes
+    one); ``steps``/``eta`` None = the preset's defaults; ``timesteps``: explicit descending integer timesteps
+    (override steps and spacing). ``seeds``: one
     seed per face (else face i uses ``seed + i``). ``cond``: passed to ``prior.denoise`` (tensors whose first
     dimension is B are split with the chunks). ``prior`` may be None only when strength is 0. See the module
     docstrings of this module and of `bfr_core.diffusion.timesteps` / `samplers` / `sampling`.
