@@ -180,7 +180,8 @@ def denoising_timesteps(t_start: int, steps: int | None = None, sampler: str = D
     return get_preset(sampler).resolve(t_start, steps, None, num_train_timesteps)[0]
 
 
-def is_official(t_start: int, steps: int, sampler: str = "ddim", num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> bool:
+def is_official(t_start: int, steps: int, sampler: str = "ddim",
+                num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> bool:
     """Deprecated: True for the settings the old step-count rule mapped to DifFace's path (DDIM, t_N = 400, 100
     steps). The official path is now chosen by name: ``sampler='official'``."""
     warnings.warn("is_official is deprecated: the official path is the 'official' preset (sampler='official')",
