@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bfr_core.identity.guidance import IdentityGuidance, cosine_distance  # noqa: E402
-from bfr_core.diffusion.sampler import restore_faces  # noqa: E402
+from bfr_core.restoration.difface import restore_faces  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -5,11 +5,13 @@
     python bench/bench_sampler_overhead.py --steps 2 --repeats 1 --no-memory --json out.json
     python bench/bench_sampler_overhead.py --device cuda            # cuda: synchronized timings, max_memory_allocated
     python bench/bench_sampler_overhead.py --no-timing --no-memory --profile 20   # sampler's own time + cProfile
+    python bench/bench_sampler_overhead.py --sampler EulerDiscreteScheduler   # any diffusers scheduler, driven generically
 
 What it measures, per batch size B (512×512 faces, restorer None, ``batch_size = B``):
 
 * ``fwd``: one UNet forward at batch B, median of ``--runs`` (after a warm-up), outside the sampler;
-* ``total``: one ``restore_faces`` call (``--steps`` DDIM steps, η 0.5, strength 0.4) on B faces, with the model
+* ``total``: one ``restore_faces`` call (``--steps`` steps of ``--sampler``: a preset name, default the built-in
+  ``ddim``, or a diffusers scheduler class name, e.g. ``DDPMScheduler``; η 0.5, strength 0.4) on B faces, with the model
   wrapped to count its calls and time each forward *inside* the run;
 * ``ratio`` = total / (calls × fwd) — the sampler's own cost on top of the denoiser (target ≤ 1.05) — and
   ``ratio_in`` = total / Σ(forwards timed inside the run), which is less sensitive to load from other processes
@@ -56,13 +58,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bfr_core.archs.iddpm_unet import DIFFACE_FFHQ512, IDDPMUNet
 from bfr_core.diffusion.priors import DiffusionPrior
 from bfr_core.diffusion.schedules import linear_alphas_cumprod  # noqa: E402
-from bfr_core.diffusion.sampler import restore_faces  # noqa: E402
+from bfr_core.restoration.difface import restore_faces  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SIZE = 512
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def make_sampler(name: str):
+    """A preset name as is; otherwise a fresh instance of the diffusers scheduler class of that name."""
+    from bfr_core.diffusion.timesteps import PRESET_ALIASES, PRESETS
+
+    if name.lower() in PRESETS or name.lower() in PRESET_ALIASES:
+        return name
+    import diffusers
+
+    return getattr(diffusers, name)()
+
+
 def build_unet(device: torch.device, dtype: torch.dtype, channels_last: bool = False) -> IDDPMUNet:
     """Real-config UNet with random fan-in-scaled weights, one copy, allocated directly on device/dtype."""
     with torch.device("meta"):
@@ -147,13 +160,14 @@ def time_forward(model: nn.Module, batch: int, device, runs: int, sync) -> list[
 
 
 def time_restore(prior: DiffusionPrior, counter: CountingModel, batch: int, steps: int, eta: float, strength: float,
-                 device, sync) -> dict:
+                 device, sync, sampler: str = "ddim") -> dict:
     g = torch.Generator(device="cpu").manual_seed(batch)
     crops = torch.rand(batch, 3, SIZE, SIZE, generator=g).to(device)
     counter.reset()
     sync()
     t0 = time.perf_counter()
-    out = restore_faces(crops, prior, restorer=None, strength=strength, steps=steps, sampler="ddim", eta=eta,
+    out = restore_faces(crops, prior, restorer=None, strength=strength, steps=steps, sampler=make_sampler(sampler),
+                        eta=eta,
                         seed=0, batch_size=batch)
     sync()
     total = time.perf_counter() - t0
@@ -178,7 +192,7 @@ def warm_up_sampler(args, device) -> float:
     from diffusers import DDIMScheduler  # noqa: F401
     cold = time.perf_counter() - t0
     restore_faces(torch.rand(1, 3, 8, 8, device=device), _TinyPrior(), strength=args.strength, steps=args.steps,
-                  eta=args.eta)
+                  eta=args.eta, sampler=make_sampler(args.sampler))
     return cold
 
 
@@ -199,8 +213,8 @@ def run_null(args, device, dtype, sync) -> list[dict]:
     rows = []
     for batch in args.batches:
         crops = torch.rand(batch, 3, SIZE, SIZE, device=device)
-        kw = dict(restorer=None, strength=args.strength, steps=args.steps, sampler="ddim", eta=args.eta, seed=0,
-                  batch_size=batch)
+        kw = dict(restorer=None, strength=args.strength, steps=args.steps, sampler=make_sampler(args.sampler),
+                  eta=args.eta, seed=0, batch_size=batch)
         restore_faces(crops, prior, **kw)  # warm-up
         times = []
         for _ in range(max(10, args.runs)):  # cheap; the first calls run slower (fresh heap pages)
@@ -238,7 +252,8 @@ def run_timing(args, device, dtype, sync) -> list[dict]:
         fwd, runs = [], []
         for _ in range(args.repeats):  # interleaved: load from other processes hits both halves alike
             fwd += time_forward(model, batch, device, args.runs, sync)
-            runs.append(time_restore(prior, counter, batch, args.steps, args.eta, args.strength, device, sync))
+            runs.append(time_restore(prior, counter, batch, args.steps, args.eta, args.strength, device, sync,
+                                     args.sampler))
         fwd_med = statistics.median(fwd)
         totals = [r["total"] for r in runs]
         calls = runs[0]["calls"]
@@ -331,7 +346,7 @@ def memory_child(args) -> dict:
 
     def restore():
         out = restore_faces(crops, prior, restorer=None, strength=args.strength, steps=args.mem_steps,
-                            sampler="ddim", eta=args.eta, seed=0, batch_size=args.mem_batch)
+                            sampler=make_sampler(args.sampler), eta=args.eta, seed=0, batch_size=args.mem_batch)
         res["out_shape"] = list(out.shape)
 
     def bare_forward():
@@ -357,7 +372,8 @@ def run_memory(args) -> dict:
 def _run_memory_child(args, what: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", "--device", args.device,
            "--dtype", args.dtype, "--mem-batch", str(args.mem_batch), "--mem-steps", str(args.mem_steps),
-           "--eta", str(args.eta), "--strength", str(args.strength), "--mem-what", what]
+           "--eta", str(args.eta), "--strength", str(args.strength), "--mem-what", what,
+           "--sampler", args.sampler]
     if args.channels_last:
         cmd.append("--channels-last")
     if args.threads:
@@ -373,7 +389,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu / cuda")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    ap.add_argument("--steps", type=int, default=4, help="DDIM steps per restore_faces call (= UNet calls per chunk)")
+    ap.add_argument("--steps", type=int, default=4, help="steps per restore_faces call (= UNet calls per chunk)")
+    ap.add_argument("--sampler", default="ddim", help="preset name (ddim, fast, dpmsolver++) or a diffusers "
+                                                      "scheduler class name (EulerDiscreteScheduler, ...)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="batch sizes (batch_size = batch)")
     ap.add_argument("--runs", type=int, default=3, help="UNet forwards timed per repeat")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved (forwards, sampler run) repeats")
@@ -402,12 +420,13 @@ def main() -> None:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     info = {"device": str(device), "dtype": args.dtype, "size": SIZE, "steps": args.steps, "eta": args.eta,
+            "sampler": args.sampler,
             "strength": args.strength, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "channels_last": args.channels_last,
             "command": " ".join([Path(sys.executable).name] + sys.argv)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    print(f"restore_faces overhead: {info['device']} {args.dtype}, {SIZE}px, ddim {args.steps} steps, "
+    print(f"restore_faces overhead: {info['device']} {args.dtype}, {SIZE}px, {args.sampler} {args.steps} steps, "
           f"eta {args.eta}, strength {args.strength}, {info['threads']} threads, torch {torch.__version__}", flush=True)
     result = {"info": info}
     if not (args.no_timing and args.no_null):

@@ -2,8 +2,10 @@
 
 For each of the 4 aligned faces in ../shared/data/images/aligned512 (at --size px): degrade it (blur, ×1/4,
 noise, JPEG), restore with restorer=None from the same start step N (--strength, default 0.4 ↔ N = 400) with
-DifFace's official path (100 DDIM steps, η = 0.5, off-by-one timesteps) and with 10/20/50 steps of DDIM (η = 0.5)
-and DPM-Solver++ (2M), over --seeds noise seeds and --degradations degradation seeds. Prints per sampler:
+DifFace's official path (the ``official`` preset: 100 DDIM steps, η = 0.5, off-by-one timesteps), with 10/20/50
+steps of DDIM (η = 0.5) and DPM-Solver++ (2M), and with a few diffusers scheduler instances (DDPM, Euler,
+DPM-Solver++ 2M, UniPC) driven generically, over --seeds noise seeds and --degradations degradation seeds. Prints
+per sampler:
 
   PSNR→truth  mean PSNR to the clean face in dB, each value capped at --cap (the exact prior reproduces a face to
               float precision, i.e. ~∞ dB, so an uncapped mean would only count hits)
@@ -32,10 +34,19 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from analytic_prior import AnalyticPrior, contrast_variants, degrade, load_face_set, nearest_index, psnr  # noqa: E402
 
-from bfr_core.diffusion.sampler import restore_faces, strength_to_timestep  # noqa: E402
+from bfr_core.diffusion.timesteps import strength_to_timestep  # noqa: E402
+from bfr_core.restoration.difface import restore_faces  # noqa: E402
+
+
+
+def _diffusers(name: str, **config):
+    import diffusers
+
+    return getattr(diffusers, name)(**config)
+
 
 CONFIGS = [
-    ("official DDIM η=0.5", dict(sampler="ddim", steps=100), True),
+    ("official DDIM η=0.5", dict(sampler="official", steps=None), True),
     ("DDIM η=0.5", dict(sampler="ddim", steps=50), False),
     ("DDIM η=0.5", dict(sampler="ddim", steps=20), False),
     ("DDIM η=0.5", dict(sampler="ddim", steps=10), False),
@@ -43,6 +54,11 @@ CONFIGS = [
     ("DPM-Solver++", dict(sampler="dpmsolver++", steps=50), False),
     ("DPM-Solver++", dict(sampler="dpmsolver++", steps=20), False),
     ("DPM-Solver++", dict(sampler="dpmsolver++", steps=10), False),
+    # diffusers scheduler instances, driven generically (bfr_core.diffusion.samplers.SchedulerSampler)
+    ("diffusers DDPM", dict(sampler=_diffusers("DDPMScheduler"), steps=20), False),
+    ("diffusers Euler", dict(sampler=_diffusers("EulerDiscreteScheduler"), steps=20), False),
+    ("diffusers DPM++ 2M", dict(sampler=_diffusers("DPMSolverMultistepScheduler"), steps=10), False),
+    ("diffusers UniPC", dict(sampler=_diffusers("UniPCMultistepScheduler"), steps=10), False),
 ]
 
 
@@ -93,7 +109,8 @@ def main() -> None:
                     if is_off:
                         official[(d, seed)] = out
                     p_off.append(psnr(out, official[(d, seed)]).clamp(max=args.cap))
-            print(f"{name:<22}{kw['steps']:>6}{torch.cat(p_truth).mean().item():>12.2f}"
+            steps = kw["steps"] or n_start // 4  # the official preset: DifFace's own count
+            print(f"{name:<22}{steps:>6}{torch.cat(p_truth).mean().item():>12.2f}"
                   f"{100 * torch.cat(hits).mean().item():>7.0f}%{torch.cat(p_off).mean().item():>10.2f}"
                   f"{1000 * elapsed / (runs * n_true):>9.1f}")
 

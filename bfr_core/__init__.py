@@ -15,7 +15,9 @@ The house (one folder per concept) is drawn in docs/ARCHITECTURE.md.
 """
 from .diffusion.loading import load_prior
 from .diffusion.priors import DiffusionPrior
-from .diffusion.sampler import DenoiserPrior, Guidance, official_timesteps, restore_faces, strength_to_timestep
+from .diffusion.priors import DenoiserPrior, LatentPrior, Prior
+from .diffusion.sampling import Guidance
+from .diffusion.timesteps import SAMPLERS, official_timesteps, strength_to_timestep
 from .faces.align import align_faces
 from .faces.detection import load_detector, select_faces
 from .faces.geometry import align_matrices, estimate_similarity, ffhq_template
@@ -26,6 +28,7 @@ from .faces.warp import warp_affine, warp_faces
 from .identity import IdentityGuidance, cosine_distance, load_recognizer
 from .models.checkpoint import CheckpointError, load_state_dict
 from .restoration.backbones import load_restorer
+from .restoration.difface import restore_faces
 from .restoration.estimate import backbone_estimate
 from .restoration.pipeline import DetectOptions, PasteOptions, RestoreResult, detect_faces, restore_images
 
@@ -33,7 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlignedFaces", "CheckpointError", "DenoiserPrior", "DetectOptions", "DiffusionPrior", "FaceDetections",
-    "Guidance", "IdentityGuidance", "PasteOptions", "RestoreResult", "backbone_estimate", "cosine_distance",
+    "Guidance", "IdentityGuidance", "LatentPrior", "Prior", "SAMPLERS", "PasteOptions", "RestoreResult", "backbone_estimate", "cosine_distance",
     "load_prior", "load_recognizer", "load_restorer", "official_timesteps", "restore_faces", "strength_to_timestep",
     "align_faces", "align_matrices", "detect_faces", "estimate_similarity", "ffhq_template", "load_detector",
     "load_state_dict", "match_colors", "paste_faces", "restore_images", "select_faces", "template_mask",

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
+from .diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from .faces.detection import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, load_detector
+from .faces.detection.batch import DetectOptions, detect_faces
 from .io.images import read_image, write_image
 from .models import files as model_files
 from .models.checkpoint import CheckpointError
-from .faces.detection.batch import DetectOptions, detect_faces
 from .identity.references import embed_reference_faces
 from .restoration.pipeline import PasteOptions, restore_images
 from .restoration.restorer import FaceRestorer
@@ -264,9 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restoration backbone, e.g. swinir_restoration512_L1.pth ('none': the crop itself)")
     p.add_argument("--strength", type=_number(float, 0.0, 1.0), default=0.4,
                    help="0 = backbone only, 0.4 = DifFace (t=400), 1 = generate")
-    p.add_argument("--steps", type=_number(int, 1, 1000), default=20, help="denoising steps (DifFace's own setting: 100)")
-    p.add_argument("--sampler", choices=("ddim", "dpmsolver++"), default="ddim")
-    p.add_argument("--eta", type=_number(float, 0.0, 1.0), default=0.5, help="DDIM noise (DifFace: 0.5)")
+    p.add_argument("--steps", type=_number(int, 1, 1000), default=None,
+                   help=f"denoising steps (default: the sampler preset's; fast: {DEFAULT_STEPS}, official: 100)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                   help="sampler preset: fast (20 DDIM steps, the default), official (DifFace exactly: 100 steps), "
+                        "ddim, dpmsolver++")
+    p.add_argument("--eta", type=_number(float, 0.0, 1.0), default=None,
+                   help="DDIM noise (default: the preset's, 0.5 as DifFace)")
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--batch-size", type=_number(int, 1), default=4,
                    help="faces per backbone/UNet call (halved on out-of-memory)")

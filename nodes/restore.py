@@ -6,13 +6,13 @@ import os
 import torch
 
 from ..bfr_core.diffusion.loading import load_prior
-from ..bfr_core.diffusion.sampler import DEFAULT_STRENGTH, SAMPLERS
+from ..bfr_core.diffusion.timesteps import DEFAULT_STEPS, DEFAULT_STRENGTH, SAMPLERS
 from ..bfr_core.faces.detection import SELECT_MODES
 from ..bfr_core.faces.detection.batch import DetectOptions
 from ..bfr_core.faces.paste import COLOR_MATCH_MODES
 from ..bfr_core.restoration.backbones import load_restorer
 from ..bfr_core.restoration.pipeline import PasteOptions, restore_images
-from ..bfr_core.restoration.restorer import DEFAULT_STEPS, FaceRestorer
+from ..bfr_core.restoration.restorer import FaceRestorer
 from ..bfr_core.utils.layout import split_alpha
 from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw,
                          to_bhwc)
@@ -97,8 +97,11 @@ def _sampling_inputs():
         "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 1000,
                           "tooltip": "Denoising steps from the start point to the clean face. DifFace's own "
                                      "setting is 100 DDIM steps; 20 is close in quality and 5x faster."}),
-        "sampler": (list(SAMPLERS), {"default": "ddim", "tooltip": "DDIM (DifFace's sampler) or DPM-Solver++ "
-                                                                   "(deterministic, good at few steps)."}),
+        "sampler": (list(SAMPLERS), {"default": "ddim", "tooltip": "ddim / fast: DDIM (DifFace's sampler) over "
+                                                                   "'steps' evenly spaced steps; official: DifFace "
+                                                                   "exactly (100 steps at strength 0.4, eta 0.5; "
+                                                                   "ignores steps and eta); dpmsolver++: "
+                                                                   "deterministic, good at few steps."}),
         "eta": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                           "tooltip": "DDIM noise per step (DifFace: 0.5); ignored by DPM-Solver++."}),
         "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
@@ -145,6 +148,8 @@ class BFRDiffusionRestore:
 
     def restore(self, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None, guidance=None):
         rgb, _ = split_alpha(to_bchw(crops))
+        if sampler == "official":  # the preset fixes its own steps and eta (DifFace's 100 steps, 0.5)
+            steps = eta = None
         face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, sampler=sampler, eta=eta,
                                      identity=guidance, batch_size=batch_size)
         return (to_bhwc(run_restore(face_restorer, rgb, seed)),)

@@ -25,7 +25,8 @@ from bfr_core.identity.guidance import (
     feature_mask,
     recognizer_device_dtype,
 )
-from bfr_core.diffusion.sampler import denoising_timesteps, restore_faces
+from bfr_core.diffusion.timesteps import denoising_timesteps
+from bfr_core.restoration.difface import restore_faces
 
 STEPS = 10  # 400, 360, …, 40 at the sampler's default strength 0.4
 

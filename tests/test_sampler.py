@@ -18,15 +18,15 @@ from analytic_prior import AnalyticPrior, contrast_variants, degrade, linear_alp
 from bfr_core.models.checkpoint import CheckpointError
 from bfr_core.restoration.backbones import IdentityRestorer, load_restorer
 from bfr_core.restoration.estimate import backbone_estimate
-from bfr_core.diffusion.sampler import (
-    DenoiserPrior,
+from bfr_core.diffusion.priors import DenoiserPrior
+from bfr_core.diffusion.timesteps import (
     denoising_timesteps,
     is_official,
     official_timesteps,
-    restore_faces,
     strength_to_timestep,
     timestep_to_strength,
 )
+from bfr_core.restoration.difface import restore_faces
 from conftest import shared_path
 
 
@@ -121,8 +121,10 @@ def test_official_timesteps_match_diffusers_leading_250():
     s.set_timesteps(250)
     assert official_timesteps() == s.timesteps[-100:].tolist()
     assert official_timesteps()[0] == 396 and official_timesteps()[-1] == 0 and len(official_timesteps()) == 100
-    assert is_official(400, 100, "ddim") and not is_official(400, 100, "dpmsolver++")
-    assert denoising_timesteps(400, 100, "ddim") == official_timesteps()  # the off-by-one kept
+    with pytest.warns(DeprecationWarning):  # the official path is chosen by name now, not by a step-count rule
+        assert is_official(400, 100, "ddim") and not is_official(400, 100, "dpmsolver++")
+    assert denoising_timesteps(400, 100, "official") == official_timesteps()  # the off-by-one kept
+    assert denoising_timesteps(400, None, "official") == official_timesteps()
     # elsewhere: evenly from t_N itself
     assert denoising_timesteps(400, 20, "ddim") == list(range(400, 0, -20))
     assert denoising_timesteps(400, 100, "dpmsolver++") == list(range(400, 0, -4))
@@ -134,13 +136,14 @@ def test_official_timesteps_match_diffusers_leading_250():
 def test_official_path_equals_independent_reference():
     prior = ConvPrior(channels=3, size=32, learned_variance=True)
     y = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    out = restore_faces(y, prior, seed=7)  # defaults = official: strength 0.4, 100 DDIM steps, eta 0.5
+    out = restore_faces(y, prior, seed=7, sampler="official")  # strength 0.4, 100 DDIM steps, eta 0.5
     ref = reference_official(y, prior.model, prior.alphas_cumprod, seed=7, eta=0.5)
     assert out.shape == y.shape and out.dtype == torch.float32
+    print(f"official vs independent reference: max |diff| = {(out - ref).abs().max().item():.3g}")
     assert (out - ref).abs().max().item() < 1e-5
     # not vacuous: a different seed or the off-by-one removed gives another result
-    assert (restore_faces(y, prior, seed=8) - ref).abs().max().item() > 1e-2
-    assert (restore_faces(y, prior, steps=99) - ref).abs().max().item() > 1e-2
+    assert (restore_faces(y, prior, seed=8, sampler="official") - ref).abs().max().item() > 1e-2
+    assert (restore_faces(y, prior, steps=100, sampler="ddim") - ref).abs().max().item() > 1e-2
 
 
 def test_learned_variance_channels_are_ignored(faces64, degraded64):
@@ -169,7 +172,7 @@ def test_other_prediction_types_are_converted_to_epsilon(prediction_type):
 
 
 # ------------------------------------------------------------------------------------------ analytic prior
-@pytest.mark.parametrize("sampler,steps", [("ddim", 100), ("dpmsolver++", 20)])
+@pytest.mark.parametrize("sampler,steps", [("official", None), ("ddim", 100), ("dpmsolver++", 20)])
 def test_analytic_prior_restores_degraded_face(faces64, degraded64, sampler, steps):
     # K = 4 faces + mirrors + copies at 1.3× and 0.5× contrast (distractors for a wrong transition scale)
     faces = torch.cat([faces64, contrast_variants(faces64, (1.3, 0.5))])
@@ -205,7 +208,7 @@ def test_analytic_prior_wrong_schedule_fails(faces64, degraded64, wrong):
         f = np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2
         reported = torch.from_numpy(np.clip(f[1:] / f[0], 1e-5, 1 - 1e-6))
     prior = AnalyticPrior(faces64, alphas_cumprod=reported, model_alphas_cumprod=acp)
-    out = restore_faces(degraded64, prior, seed=0)  # official path
+    out = restore_faces(degraded64, prior, seed=0, sampler="official")
     assert (psnr(out, faces64[:4]) < 45).all()
     out = restore_faces(degraded64, prior, steps=20, sampler="dpmsolver++", seed=0)
     assert (psnr(out, faces64[:4]) < 45).all()
@@ -213,7 +216,7 @@ def test_analytic_prior_wrong_schedule_fails(faces64, degraded64, wrong):
 
 def test_dpmsolver_20_steps_close_to_official(faces64, degraded64):
     prior = AnalyticPrior(faces64)
-    official = restore_faces(degraded64, prior, seed=0)
+    official = restore_faces(degraded64, prior, seed=0, sampler="official")
     fast = restore_faces(degraded64, prior, steps=20, sampler="dpmsolver++", seed=0)
     assert (psnr(fast, official) > 60).all()
     assert (psnr(fast, faces64[:4]) > 60).all()

@@ -13,18 +13,19 @@ the backbone itself). The result comes back at the crops' own size, on their dev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from ..diffusion.sampler import DEFAULT_STRENGTH, OFFICIAL_ETA, DenoiserPrior, restore_faces
+from ..diffusion.priors import DenoiserPrior
+from ..diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STRENGTH
 from ..identity.settings import IdentitySettings
 from ..utils import ProgressCallback
 from .backbones import IdentityRestorer
+from .difface import restore_faces
 from .estimate import Restorer, backbone_estimate, resize_crops
 
-DEFAULT_STEPS = 20  # the fast setting: lands where DifFace's 100 steps land on the analytic prior (bench/)
 DEFAULT_CROP_SIZE = 512
 
 
@@ -34,7 +35,7 @@ class FaceRestorer:
 
     prior: a diffusion prior (None: the backbone alone). backbone: f (None: the crop itself). strength: how much of
     the diffusion chain is re-generated (0 = the backbone's estimate, 0.4 = DifFace). steps, sampler, eta: the
-    sampling schedule (see `restore_faces`). identity: `IdentitySettings` for identity guidance (needs a prior).
+    sampling schedule (see `restore_faces`; the default preset "fast" is 20 DDIM steps, η 0.5). identity: `IdentitySettings` for identity guidance (needs a prior).
     batch_size: faces per network call (halves itself on out-of-memory). dtype: the prior's compute precision.
     progress: the default ``progress(done, total)`` callback of calls that pass none.
     """
@@ -42,9 +43,9 @@ class FaceRestorer:
     prior: DenoiserPrior | None = None
     backbone: Restorer | None = None
     strength: float = DEFAULT_STRENGTH
-    steps: int = DEFAULT_STEPS
-    sampler: str = "ddim"
-    eta: float = OFFICIAL_ETA
+    steps: int | None = None  # None: the sampler preset's
+    sampler: Any = DEFAULT_SAMPLER  # a preset name or a diffusers scheduler instance (see restore_faces)
+    eta: float | None = None
     identity: IdentitySettings | None = None
     batch_size: int = 4
     dtype: torch.dtype | None = field(default=None, repr=False)
@@ -96,8 +97,7 @@ class FaceRestorer:
         guidance = None
         if self.identity is not None:
             guidance = self.identity.build(estimates, self.prior.alphas_cumprod)
-        kwargs = {} if seeds is None else {"seeds": seeds}
         out = restore_faces(estimates, self.prior, restorer=None, strength=self.strength, steps=self.steps,
                             sampler=self.sampler, eta=self.eta, seed=seed, guidance=guidance,
-                            batch_size=self.batch_size, dtype=self.dtype, progress=progress, **kwargs)
+                            batch_size=self.batch_size, dtype=self.dtype, progress=progress, seeds=seeds)
         return resize_crops(out, hw).to(crops.dtype)
