@@ -87,9 +87,9 @@ def test_explicit_official_timesteps_equal_the_official_preset():
                        official)
 
 
-def test_explicit_timesteps_are_honoured():
-    prior = ConvPrior()
-    seen = []
+def _recording_prior() -> tuple[ConvPrior, list[int]]:
+    """A ConvPrior that records the timestep of every model call."""
+    prior, seen = ConvPrior(), []
     inner = prior.model
 
     def recording(x, t):
@@ -97,6 +97,11 @@ def test_explicit_timesteps_are_honoured():
         return inner(x, t)
 
     prior.model = recording
+    return prior, seen
+
+
+def test_explicit_timesteps_are_honoured():
+    prior, seen = _recording_prior()
     y = torch.rand(1, 3, 32, 32)
     for sampler in ("ddim", "dpmsolver++", "fast"):
         seen.clear()
@@ -137,15 +142,7 @@ def test_scheduler_instance_lands_on_the_true_face(faces64, face_set, degraded64
                                        ("dpmsolver++", "timesteps"), ("lcm", "timesteps"), ("ddim", "tail"),
                                        ("unipc", "tail"), ("euler_ancestral", "tail")])
 def test_scheduler_timesteps_and_progress(name, mode):
-    prior = ConvPrior()
-    seen = []
-    inner = prior.model
-
-    def recording(x, t):
-        seen.append(int(t[0]))
-        return inner(x, t)
-
-    prior.model = recording
+    prior, seen = _recording_prior()
     plan = SchedulerSampler(_schedulers()[name](), prior.alphas_cumprod, 400, steps=10)
     assert plan.mode == mode
     calls = []
