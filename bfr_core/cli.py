@@ -7,18 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
+# Only torch-free modules at import time: `--help` and argument errors answer at once; the work imports the rest.
 from .diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
-from .faces.detection import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, load_detector
-from .faces.detection.batch import DetectOptions, detect_faces
-from .io.images import read_image, write_image
+from .faces.detection.options import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, DetectOptions
 from .models import files as model_files
-from .models.checkpoint import CheckpointError
-from .identity.references import embed_reference_faces
-from .restoration.pipeline import PasteOptions, restore_images
-from .restoration.restorer import FaceRestorer
-from .utils.tensors import DTYPE_NAMES, parse_dtype
+from .models.errors import CheckpointError
+from .utils.precision import PRECISIONS, parse_dtype
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm")
@@ -70,6 +64,8 @@ def _add_detect_args(p: argparse.ArgumentParser) -> None:
 
 
 def _detector(args: argparse.Namespace):
+    from .faces.detection.loading import load_detector
+
     name = DETECTOR_ALIASES.get(args.detector, args.detector)
     return load_detector(model_files.resolve_model(name, args.models_dir), device=args.device)
 
@@ -79,6 +75,9 @@ def _options(args: argparse.Namespace) -> DetectOptions:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from .faces.detection.batch import detect_faces
+    from .io.images import read_image
+
     args.images = _expand_inputs(args.images)
     detector = _detector(args)
     out = []
@@ -109,9 +108,10 @@ def _report_unreadable(unreadable: list[str], total: int) -> int:
     return 2
 
 
-def _face_restorer(args: argparse.Namespace) -> FaceRestorer:
-    """The library's restore recipe with the models and settings named on the command line."""
+def _face_restorer(args: argparse.Namespace):
+    """The library's restore recipe (a `FaceRestorer`) with the models and settings named on the command line."""
     from .restoration.backbones import load_restorer
+    from .restoration.restorer import FaceRestorer
 
     if args.align_only:
         if args.prior or args.restorer != "none" or args.recognizer:
@@ -141,6 +141,8 @@ def _face_restorer(args: argparse.Namespace) -> FaceRestorer:
         from .identity.settings import IdentitySettings
 
         recognizer = load_recognizer(model_files.resolve_model(args.recognizer, args.models_dir), device=args.device)
+        import torch
+
         reference = (torch.cat([_largest_face(recognizer, path, args) for path in args.reference])
                      if args.reference else None)
         identity = IdentitySettings(recognizer, strength=args.identity_strength, reference=reference)
@@ -153,8 +155,11 @@ def _print_progress(i: int, total: int) -> None:
         print(f"  step {i}/{total}", file=sys.stderr)
 
 
-def _largest_face(recognizer, path: str, args: argparse.Namespace) -> torch.Tensor:
+def _largest_face(recognizer, path: str, args: argparse.Namespace):
     """Embedding [1, D] of the largest face in an image file (or of the image itself with --aligned)."""
+    from .identity.references import embed_reference_faces
+    from .io.images import read_image
+
     rgb = read_image(path).rgb[None].to(args.device)
     detector = None if getattr(args, "aligned", False) else _detector(args)
     try:
@@ -175,6 +180,9 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from .io.images import read_image, write_image
+    from .restoration.pipeline import PasteOptions, restore_images
+
     if not str(args.output).strip():
         raise ValueError("-o/--output is empty: name the folder for the results")
     args.images = _expand_inputs(args.images)
@@ -275,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--batch-size", type=_number(int, 1), default=4,
                    help="faces per backbone/UNet call (halved on out-of-memory)")
-    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="fp32")
+    p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32")
     p.add_argument("--crop-size", type=_number(int, 64, 4096, zero_ok=True, what=" px, or 0 for the prior's size"),
                    default=0, help="aligned crop size in px (default 0: the prior's, at least 512)")
     p.add_argument("--align-only", action="store_true",
@@ -315,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.func in (cmd_models, cmd_download):  # file listing and fetching need no torch
+            return args.func(args)
+        import torch
+
         with torch.no_grad():  # not inference_mode: identity guidance re-enables gradients per step
             return args.func(args)
     except (CheckpointError, ValueError, KeyError, OSError, RuntimeError) as exc:  # OSError: files, network

@@ -8,7 +8,7 @@ from typing import Iterable
 
 import torch
 
-from ..bfr_core.utils.tensors import parse_dtype
+from ..bfr_core.utils.precision import parse_dtype
 
 log = logging.getLogger("bfr_nodes")
 

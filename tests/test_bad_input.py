@@ -214,3 +214,17 @@ def test_a_model_of_another_kind_is_named_not_torch_internals(tmp_path, capsys, 
     assert main(["restore", str(photo), "-o", str(tmp_path / "out"), "--detector", str(yunet_path),
                  "--prior", str(yunet_path)]) == 2
     assert "is an ONNX model" in capsys.readouterr().err
+
+
+def test_help_and_argument_errors_do_not_import_torch():
+    """`--help` and option errors answer at once: the CLI imports torch (seconds on a small CPU) only for work."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys, bfr_core, bfr_core.cli as c; p = c.build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "bfr_core.FaceRestorer; assert 'torch' in sys.modules")  # the lazy exports still resolve
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

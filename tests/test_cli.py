@@ -186,14 +186,14 @@ def test_one_unreadable_image_does_not_stop_the_batch(tmp_path, yunet_path, caps
 
 def test_a_failing_write_stops_the_batch_and_leaves_no_partial_file(tmp_path, yunet_path, monkeypatch, capsys):
     """A full disk fails every image alike: stop at once instead of restoring the rest for nothing."""
-    import bfr_core.cli as cli
     import bfr_core.io.images as image_io
+    import bfr_core.restoration.pipeline as pipeline
 
     src = cv2.imread(str(shared_path("images/whole/gfpgan_10045.png")))
     inputs = [_write(tmp_path / f"p{i}.png", src) for i in range(2)]
     restored = []
-    real_restore = cli.restore_images
-    monkeypatch.setattr(cli, "restore_images", lambda *a, **k: restored.append(1) or real_restore(*a, **k))
+    real_restore = pipeline.restore_images
+    monkeypatch.setattr(pipeline, "restore_images", lambda *a, **k: restored.append(1) or real_restore(*a, **k))
 
     def full_disk(tmp, dest):  # the temp file is written; making it the result fails
         assert tmp.exists()

@@ -2,15 +2,30 @@
 
 No backbone knowledge lives here; the DifFace recipe (`restore_faces`) is `bfr_core.restoration.difface`.
 """
-from .loading import load_prior
-from .priors import DenoiserPrior, DiffusionPrior, LatentPrior, PixelPrior, Prior, as_prior
-from .samplers import resolve_sampler
-from .sampling import Guidance, sample_latents
-from .schedules import linear_alphas_cumprod
-from .timesteps import (DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_STRENGTH, PRESETS, SAMPLERS, get_preset,
-                        official_timesteps, strength_to_timestep, timestep_to_strength)
+from ..lazy import lazy_exports
 
-__all__ = ["DEFAULT_SAMPLER", "DEFAULT_STEPS", "DEFAULT_STRENGTH", "DenoiserPrior", "DiffusionPrior", "Guidance",
-           "LatentPrior", "PRESETS", "PixelPrior", "Prior", "SAMPLERS", "as_prior", "get_preset", "linear_alphas_cumprod",
-           "load_prior", "official_timesteps", "resolve_sampler", "sample_latents", "strength_to_timestep",
-           "timestep_to_strength"]
+_EXPORTS = {
+    "load_prior": ".loading",
+    "DenoiserPrior": ".priors",
+    "DiffusionPrior": ".priors",
+    "LatentPrior": ".priors",
+    "PixelPrior": ".priors",
+    "Prior": ".priors",
+    "as_prior": ".priors",
+    "resolve_sampler": ".samplers",
+    "Guidance": ".sampling",
+    "sample_latents": ".sampling",
+    "linear_alphas_cumprod": ".schedules",
+    "DEFAULT_SAMPLER": ".timesteps",
+    "DEFAULT_STEPS": ".timesteps",
+    "DEFAULT_STRENGTH": ".timesteps",
+    "PRESETS": ".timesteps",
+    "SAMPLERS": ".timesteps",
+    "get_preset": ".timesteps",
+    "official_timesteps": ".timesteps",
+    "strength_to_timestep": ".timesteps",
+    "timestep_to_strength": ".timesteps",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+

@@ -1,13 +1,26 @@
 """Face geometry, from a photo to aligned crops and back: types, detection and selection, the FFHQ template and
 similarity transforms, warps, alignment, paste-back, masks and face parsing."""
-from .align import align_faces
-from .detection import DETECTOR_ALIASES, FaceDetector, load_detector, parse_indices, select_faces
-from .geometry import align_matrices, estimate_similarity, ffhq_template
-from .masks import template_mask
-from .paste import COLOR_MATCH_MODES, match_colors, paste_faces
-from .types import AlignedFaces, FaceDetections
-from .warp import warp_affine, warp_faces
+from ..lazy import lazy_exports
 
-__all__ = ["COLOR_MATCH_MODES", "DETECTOR_ALIASES", "AlignedFaces", "FaceDetections", "FaceDetector", "align_faces",
-           "align_matrices", "estimate_similarity", "ffhq_template", "load_detector", "match_colors", "parse_indices",
-           "paste_faces", "select_faces", "template_mask", "warp_affine", "warp_faces"]
+_EXPORTS = {
+    "align_faces": ".align",
+    "DETECTOR_ALIASES": ".detection",
+    "FaceDetector": ".detection",
+    "load_detector": ".detection",
+    "parse_indices": ".detection",
+    "select_faces": ".detection",
+    "align_matrices": ".geometry",
+    "estimate_similarity": ".geometry",
+    "ffhq_template": ".geometry",
+    "template_mask": ".masks",
+    "COLOR_MATCH_MODES": ".paste",
+    "match_colors": ".paste",
+    "paste_faces": ".paste",
+    "AlignedFaces": ".types",
+    "FaceDetections": ".types",
+    "warp_affine": ".warp",
+    "warp_faces": ".warp",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+

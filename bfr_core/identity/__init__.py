@@ -1,12 +1,26 @@
 """Face identity: ArcFace recognizers (arcface_torch iresnet, facexlib IR-SE50, insightface ONNX) and the
 identity guidance that steers diffusion sampling with them."""
-from ..archs.iresnet import IRESNET_LAYERS, IRSE_LAYERS, InputAffine, IResNet, IRSEBackbone
-from .guidance import STRENGTH_UNIT, FaceRecognizer, IdentityGuidance, cosine_distance, feature_mask
-from .recognizers import (ARCFACE_TEMPLATE_112, FOLDER_HINT, Recognizer, arcface_affine, arcface_box, arcface_crop,
-                          load_recognizer)
+from ..lazy import lazy_exports
 
-__all__ = [
-    "STRENGTH_UNIT", "FaceRecognizer", "IdentityGuidance", "cosine_distance", "feature_mask",
-    "ARCFACE_TEMPLATE_112", "FOLDER_HINT", "IRESNET_LAYERS", "IRSE_LAYERS", "IResNet", "IRSEBackbone", "InputAffine",
-    "Recognizer", "arcface_affine", "arcface_box", "arcface_crop", "load_recognizer",
-]
+_EXPORTS = {
+    "IRESNET_LAYERS": "..archs.iresnet",
+    "IRSE_LAYERS": "..archs.iresnet",
+    "InputAffine": "..archs.iresnet",
+    "IResNet": "..archs.iresnet",
+    "IRSEBackbone": "..archs.iresnet",
+    "STRENGTH_UNIT": ".guidance",
+    "FaceRecognizer": ".guidance",
+    "IdentityGuidance": ".guidance",
+    "cosine_distance": ".guidance",
+    "feature_mask": ".guidance",
+    "ARCFACE_TEMPLATE_112": ".recognizers",
+    "FOLDER_HINT": ".recognizers",
+    "Recognizer": ".recognizers",
+    "arcface_affine": ".recognizers",
+    "arcface_box": ".recognizers",
+    "arcface_crop": ".recognizers",
+    "load_recognizer": ".recognizers",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+

@@ -1,9 +1,22 @@
 """Model files and checkpoints: safe reading and unwrapping of state dicts, strict loading with clear errors, the
 registry of files the pack knows (where they go, licences, checksums, explicit downloads)."""
-from .checkpoint import (CheckpointError, CheckpointLayout, CheckpointOrigin, load_state_dict, load_state_dict_and_layout,
-                         load_strict, read_checkpoint, unwrap_state_dict, write_state_dict)
-from .files import REGISTRY, ModelFile, find_model, resolve_model
+from ..lazy import lazy_exports
 
-__all__ = ["CheckpointError", "CheckpointLayout", "CheckpointOrigin", "ModelFile", "REGISTRY", "find_model",
-           "load_state_dict", "load_state_dict_and_layout", "load_strict", "read_checkpoint", "resolve_model",
-           "unwrap_state_dict", "write_state_dict"]
+_EXPORTS = {
+    "CheckpointError": ".errors",
+    "CheckpointLayout": ".checkpoint",
+    "CheckpointOrigin": ".checkpoint",
+    "load_state_dict": ".checkpoint",
+    "load_state_dict_and_layout": ".checkpoint",
+    "load_strict": ".checkpoint",
+    "read_checkpoint": ".checkpoint",
+    "unwrap_state_dict": ".checkpoint",
+    "write_state_dict": ".checkpoint",
+    "REGISTRY": ".files",
+    "ModelFile": ".files",
+    "find_model": ".files",
+    "resolve_model": ".files",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+

@@ -14,11 +14,9 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+from .errors import CheckpointError
+
 _WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net", "ema")
-
-
-class CheckpointError(RuntimeError):
-    """A model file is missing, unreadable or not the kind that was expected."""
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:

@@ -1,6 +1,12 @@
 """Restoration: backbones, the backbone estimate, the DifFace recipe (`restore_faces`), the whole-image pipeline."""
-from .backbones import load_restorer
-from .difface import restore_faces
-from .estimate import backbone_estimate, resize_crops
+from ..lazy import lazy_exports
 
-__all__ = ["backbone_estimate", "load_restorer", "resize_crops", "restore_faces"]
+_EXPORTS = {
+    "load_restorer": ".backbones",
+    "restore_faces": ".difface",
+    "backbone_estimate": ".estimate",
+    "resize_crops": ".estimate",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+

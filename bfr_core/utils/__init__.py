@@ -1,7 +1,18 @@
 """Small helpers shared across the library: tensors (device/dtype discovery, luma, resizing), chunked runs."""
-from .chunking import OOM_ERROR, ProgressCallback, run_chunked
-from .tensors import (DTYPE_NAMES, LUMA_BT601, device_dtype_of, luma, parse_dtype, resize_antialiased,
-                      smoothstep)
+from ..lazy import lazy_exports
 
-__all__ = ["DTYPE_NAMES", "LUMA_BT601", "OOM_ERROR", "ProgressCallback", "device_dtype_of", "luma", "parse_dtype",
-           "resize_antialiased", "run_chunked", "smoothstep"]
+_EXPORTS = {
+    "OOM_ERROR": ".chunking",
+    "ProgressCallback": ".chunking",
+    "run_chunked": ".chunking",
+    "PRECISIONS": ".precision",
+    "LUMA_BT601": ".tensors",
+    "device_dtype_of": ".tensors",
+    "luma": ".tensors",
+    "parse_dtype": ".precision",
+    "resize_antialiased": ".tensors",
+    "smoothstep": ".tensors",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+

@@ -6,18 +6,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LUMA_BT601 = (0.299, 0.587, 0.114)
-# The precision names the CLI and the nodes accept.
-DTYPE_NAMES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    """'fp32' | 'fp16' | 'bf16' → torch dtype, with an error naming the choices."""
-    try:
-        return DTYPE_NAMES[str(name)]
-    except KeyError:
-        raise ValueError(f"unknown precision {name!r}; expected one of {', '.join(DTYPE_NAMES)}") from None
-
-
 def device_dtype_of(obj) -> tuple[torch.device | None, torch.dtype | None]:
     """(device, floating dtype) a model-like object runs in; Nones where it does not say.
 

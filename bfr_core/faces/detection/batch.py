@@ -2,33 +2,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Callable
 
 from torch import Tensor
 
 from ...utils.layout import check_images, split_alpha
 from ..types import FaceDetections
-from . import FaceDetector
-from .select import check_selection, select_faces
+from .loading import FaceDetector
+from .options import DetectOptions
+from .select import select_faces
 
 Progress = Callable[[int], None]
 log = logging.getLogger("bfr_core")
-
-@dataclass
-class DetectOptions:
-    """Which faces to detect and keep (see `select_faces`)."""
-
-    score_threshold: float = 0.6
-    min_size: float = 0.0
-    sort_by: str = "area"
-    select: str = "all"
-    indices: str = ""
-    max_faces: int = 0
-
-    def __post_init__(self) -> None:
-        # Checked when set, with the option's name: a bad value must not surface as an OpenCV assertion.
-        check_selection(self.score_threshold, self.min_size, self.sort_by, self.select, self.indices, self.max_faces)
 
 
 def detect_faces(detector: FaceDetector, images: Tensor, options: DetectOptions | None = None,

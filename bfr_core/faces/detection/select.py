@@ -6,48 +6,15 @@ import logging
 import torch
 
 from ..types import FaceDetections
+from .options import SELECT_MODES, SORT_MODES, check_selection, parse_indices
 
-SELECT_MODES = ("all", "largest", "center", "indices")
-SORT_MODES = ("area", "left_to_right", "top_to_bottom", "score")
 log = logging.getLogger("bfr_core")
-
-
-def parse_indices(text: str) -> list[int]:
-    """'0, 2,5' → [0, 2, 5]; empty → []. Raises ValueError naming the bad item."""
-    out = []
-    for item in text.replace(";", ",").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            out.append(int(item))
-        except ValueError:
-            raise ValueError(f"face index list must be integers separated by commas, got {item!r} in {text!r}") from None
-    return out
 
 
 def face_size(dets: FaceDetections) -> torch.Tensor:
     """Face size in pixels: the shorter side of the box."""
     wh = (dets.boxes[:, 2:] - dets.boxes[:, :2]).clamp(min=0)
     return wh.min(1).values
-
-
-def check_selection(score_threshold: float, min_size: float, sort_by: str, select: str, indices: str | list[int],
-                    max_faces: int) -> None:
-    """ValueError naming the first selection option that is out of range."""
-    t = float(score_threshold)
-    if not 0.0 <= t <= 1.0:
-        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold!r}")
-    if not float(min_size) >= 0:
-        raise ValueError(f"min face size must be >= 0 px, got {min_size!r}")
-    if int(max_faces) < 0:
-        raise ValueError(f"max faces must be >= 0 (0 = no limit), got {max_faces!r}")
-    if sort_by not in SORT_MODES:
-        raise ValueError(f"sort_by must be one of {SORT_MODES}, got {sort_by!r}")
-    if select not in SELECT_MODES:
-        raise ValueError(f"select must be one of {SELECT_MODES}, got {select!r}")
-    if select == "indices" and isinstance(indices, str):
-        parse_indices(indices)
 
 
 def select_faces(dets: FaceDetections, image_hw: tuple[int, int], score_threshold: float = 0.0,
