@@ -245,15 +245,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     dest = args.models_dir or (model_files.search_dirs()[0] if model_files.search_dirs() else None)
     if dest is None:
-        raise ValueError("pass --models-dir DIR (where to put the file)")
-    entry = model_files.REGISTRY[args.name]
-    target = Path(dest) / entry.folder / entry.name
-    try:
-        path = model_files.download(args.name, dest, args.sha256, args.allow_unpinned)
-    except OSError as exc:  # offline, DNS, HTTP errors, a full disk: say what, from where, to where
-        raise OSError(f"could not download {entry.name} from {entry.url} to {target} ({exc}). Without internet, "
-                      f"fetch that URL on another machine and put the file at {target}") from exc
-    print(f"saved {path} (sha256 {model_files.sha256_of(path)})")
+        raise ValueError("pass --models-dir DIR (where to put the files)")
+    if args.sha256 and len(set(args.name)) > 1:
+        raise ValueError("--sha256 checks one file: download the files one at a time")
+    for name in dict.fromkeys(args.name):  # in order, once each; the first failure stops (and says why)
+        entry = model_files.REGISTRY[name]
+        target = Path(dest) / entry.folder / entry.name
+        try:
+            path = model_files.download(name, dest, args.sha256, args.allow_unpinned)
+        except OSError as exc:  # offline, DNS, HTTP errors, a full disk: say what, from where, to where
+            raise OSError(f"could not download {entry.name} from {entry.url} to {target} ({exc}). Without "
+                          f"internet, fetch that URL on another machine and put the file at {target}") from exc
+        print(f"saved {path} (sha256 {model_files.sha256_of(path)})")
     return 0
 
 
@@ -310,10 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list known model files and whether they are found")
     p.add_argument("--models-dir")
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("download", help="download one model file (explicit; verified by sha256)")
-    p.add_argument("name", choices=sorted(model_files.REGISTRY))
+    p = sub.add_parser("download", help="download model files (explicit; verified by sha256)")
+    p.add_argument("name", nargs="+", choices=sorted(model_files.REGISTRY), help="file name(s) from `models`")
     p.add_argument("--models-dir")
-    p.add_argument("--sha256", help="expected sha256 for files whose hash is not pinned here")
+    p.add_argument("--sha256", help="expected sha256 for a file whose hash is not pinned here (one file only)")
     p.add_argument("--allow-unpinned", action="store_true", help="accept a file with no known sha256")
     p.set_defaults(func=cmd_download)
     return parser

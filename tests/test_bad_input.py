@@ -174,9 +174,10 @@ def test_offline_download_names_file_url_and_destination(tmp_path, capsys, monke
         raise OSError("<urlopen error [Errno -2] Name or service not known>")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    assert main(["download", "iddpm_ffhq512_ema500000.pth", "--models-dir", str(tmp_path),
-                 "--allow-unpinned"]) == 2
+    assert main(["download", "iddpm_ffhq512_ema500000.pth", "swinir_restoration512_L1.pth", "--models-dir",
+                 str(tmp_path), "--allow-unpinned"]) == 2
     err = capsys.readouterr().err
+    assert "swinir" not in err  # the first failure stops the list (offline, every file would fail alike)
     assert "iddpm_ffhq512_ema500000.pth" in err and "https://" in err
     assert str(tmp_path / "facerestore_models" / "iddpm_ffhq512_ema500000.pth") in err
     assert not list((tmp_path / "facerestore_models").glob("*"))  # no partial file left
