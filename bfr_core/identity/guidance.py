@@ -1,6 +1,6 @@
 """Identity guidance for the DifFace sampler (CLR-Face-style masked recognition gradients, PGDiff-style x0 guidance).
 
-`IdentityGuidance` is a `bfr_core.sampler.Guidance` hook: at each guided denoising step it takes the sampler's
+`IdentityGuidance` is a `bfr_core.diffusion.sampling.Guidance` hook: at each guided denoising step it takes the sampler's
 clipped x0 prediction, measures how far the face recognizer puts it from a target identity, and returns an x0
 correction that lowers that distance. The gradient is taken with respect to x0 only (no backprop through the
 prior's UNet): one recognizer forward + backward per step.
@@ -221,7 +221,7 @@ def feature_mask(size: int, device: torch.device | str = "cpu", feather: float =
 
 # ------------------------------------------------------------------------------------------ the hook
 class IdentityGuidance:
-    """Identity guidance hook for `bfr_core.sampler.restore_faces(..., guidance=...)`; see the module docstring.
+    """Identity guidance hook for `bfr_core.restore_faces(..., guidance=...)`; see the module docstring.
 
     Args:
         recognizer: a `FaceRecognizer` (``embed(faces [B,3,H,W] in [0,1]) → [B, D]``, differentiable).

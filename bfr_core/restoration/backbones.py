@@ -1,5 +1,5 @@
 """Restoration backbones f for DifFace (its SwinIR, GFPGAN v1.4, RestoreFormer++, …) loaded with spandrel, or
-SwinIR with the project's own port (`bfr_core.restorer_archs`) when spandrel is not installed.
+SwinIR with the project's own port (`bfr_core.archs.swinir`) when spandrel is not installed.
 
 `load_restorer(path)` returns a ``torch.nn.Module`` mapping RGB [0, 1] ``[B,3,H,W]`` → ``[B,3,H,W]`` in [0, 1]:
 
@@ -14,7 +14,7 @@ SwinIR with the project's own port (`bfr_core.restorer_archs`) when spandrel is 
   detection to spandrel, the ``swinir`` entry is the own port; a file the registry recognises as another kind
   (a RetinaFace detector, an iDDPM prior, …) is refused with what it is (`WrongKindError`).
 * without spandrel (the CLI's optional dependency) a SwinIR-like state dict (DifFace's backbone and the other
-  SwinIR releases) is built by `bfr_core.restorer_archs.load_swinir` (configuration read from the keys/shapes,
+  SwinIR releases) is built by `bfr_core.archs.swinir.load_swinir` (configuration read from the keys/shapes,
   strict loading) and wrapped in `NativeRestorer`, which behaves like `SpandrelRestorer` (same size policy:
   ≥ 16 px and a multiple of unshuffle², so the same outputs); any other architecture needs spandrel.
 
