@@ -1,4 +1,4 @@
-"""bfr_core.sampler (DifFace restore path) and bfr_core.restorers.
+"""bfr_core.restoration.difface.restore_faces (DifFace restore path) and bfr_core.restoration.backbones.
 
 Fast and weight-free: a tiny random conv "denoiser" for exactness/plumbing, the analytic prior of
 tests/analytic_prior.py (exact ε* of an empirical distribution of real aligned faces) for quality, and the tiny

@@ -5,7 +5,7 @@ iddpm_ffhq512_swinir.yaml``: embed_dim 180, 8 RSTBs of 6 blocks with 6 heads, wi
 img_size 64, upsampler "nearest+conv" with sf 8, an 8x ``PixelUnshuffle`` before the first conv, img_range 1,
 so 512 px in → 512 px out) and the other published SwinIR heads ("pixelshuffle", "pixelshuffledirect",
 none, "1conv"/"3conv" residual convs). Submodule names follow the released checkpoints' keys after
-`bfr_core.checkpoint.unwrap_state_dict`, so a file loads with ``strict=True`` and no renaming:
+`bfr_core.models.checkpoint.unwrap_state_dict`, so a file loads with ``strict=True`` and no renaming:
 
     conv_first | conv_first.1 (after PixelUnshuffle)   shallow features
     patch_embed.norm, [absolute_pos_embed]              token LayerNorm

@@ -74,7 +74,7 @@ Target identity
 Mask
 ----
 ``mask="features"`` (default): soft eye, nose and mouth regions placed on the FFHQ 5-point template
-(`bfr_core.align.ffhq_template`), see `feature_mask` (≈ 13 % of the crop non-zero, 6 % at full weight).
+(`bfr_core.faces.geometry.ffhq_template`), see `feature_mask` (≈ 13 % of the crop non-zero, 6 % at full weight).
 ``"none"`` (or None): the whole crop. A tensor [H, W], [B, H, W] or [B, 1, H, W] in crop space (1 = guide;
 ComfyUI MASK layout) is resized to the sampler's resolution (bilinear, antialiased) and clamped to [0, 1]; a batch
 of masks is indexed per face like the targets. The correction is the gradient multiplied by the mask, so it is

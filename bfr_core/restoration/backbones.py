@@ -4,7 +4,7 @@ SwinIR with the project's own port (`bfr_core.archs.swinir`) when spandrel is no
 `load_restorer(path)` returns a ``torch.nn.Module`` mapping RGB [0, 1] ``[B,3,H,W]`` → ``[B,3,H,W]`` in [0, 1]:
 
 * ``path`` None / ``"none"`` → `IdentityRestorer` (DifFace with f = identity).
-* anything else is read by `bfr_core.checkpoint.load_state_dict` (safetensors or ``torch.load(weights_only=True)``,
+* anything else is read by `bfr_core.models.checkpoint.load_state_dict` (safetensors or ``torch.load(weights_only=True)``,
   wrappers such as ``{'state_dict': …}`` / ``params_ema`` and DataParallel ``module.`` prefixes removed — DifFace's
   ``swinir_restoration512_L1.pth`` is ``{'state_dict': {'module.…'}}``), then handed to
   ``spandrel.ModelLoader().load_from_state_dict``, which detects the architecture from the keys (DifFace's SwinIR
@@ -24,7 +24,7 @@ bicubic; e.g. GFPGAN needs ≥ 512 — zero/reflect padding a small face would p
 output back to the input's H×W when the model upscales or the input was resized. Output: float, clamped to
 [0, 1], on the input's device and dtype.
 
-Errors: unreadable/missing file → `CheckpointError` (from bfr_core.checkpoint); readable but not an
+Errors: unreadable/missing file → `CheckpointError` (from bfr_core.models); readable but not an
 architecture spandrel knows as an image-to-image RGB model → `CheckpointError` naming the file and what was
 expected; spandrel not installed and the file is not SwinIR → `CheckpointError` naming the file and saying
 that its architecture needs spandrel (ComfyUI ships it; it is optional for the CLI).
