@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"denoising steps (default: the sampler preset's; fast: {DEFAULT_STEPS}, official: 100)")
     p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
                    help="sampler preset: fast (20 DDIM steps, the default), official (DifFace exactly: 100 steps), "
-                        "ddim, dpmsolver++")
+                        "ddim (50 steps unless --steps), dpmsolver++ (20)")
     p.add_argument("--eta", type=_number(float, 0.0, 1.0), default=None,
                    help="DDIM noise (default: the preset's, 0.5 as DifFace)")
     p.add_argument("--seed", type=_number(int, 0), default=0)

@@ -8,7 +8,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bfr_core.faces.warp import ffhq_template  # noqa: E402
+from bfr_core.faces.geometry import ffhq_template  # noqa: E402
 from bfr_core.identity.guidance import feature_mask  # noqa: E402
 from bfr_core.identity.recognizers import arcface_box  # noqa: E402
 from bfr_core.faces.masks import template_mask  # noqa: E402

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..bfr_core.faces.detection import SELECT_MODES, SORT_MODES, load_detector
-from ..bfr_core.restoration.pipeline import DetectOptions, detect_faces
+from ..bfr_core.faces.detection.batch import DetectOptions, detect_faces
 from ..bfr_core.utils.layout import split_alpha
 from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw
 

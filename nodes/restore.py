@@ -6,7 +6,8 @@ import os
 import torch
 
 from ..bfr_core.diffusion.loading import load_prior
-from ..bfr_core.diffusion.timesteps import DEFAULT_STEPS, DEFAULT_STRENGTH, SAMPLERS
+from ..bfr_core.diffusion.timesteps import (DEFAULT_STEPS, DEFAULT_STRENGTH, OFFICIAL_ETA, OFFICIAL_STEPS,
+                                            OFFICIAL_T_START, SAMPLERS, strength_to_timestep)
 from ..bfr_core.faces.detection import SELECT_MODES
 from ..bfr_core.faces.detection.batch import DetectOptions
 from ..bfr_core.faces.paste import COLOR_MATCH_MODES
@@ -105,24 +106,40 @@ def _sampling_inputs():
         "eta": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
                           "tooltip": "DDIM noise per step (DifFace: 0.5); ignored by DPM-Solver++."}),
         "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
-                         "tooltip": "Noise seed; face i uses seed + i, so a face's result does not depend on "
-                                    "the batch."}),
+                         "tooltip": "Noise seed. Face i of the crops uses seed + i; with 'faces' connected, a "
+                                    "face uses seed + its index within its own image (as BFR Restore Faces), so "
+                                    "a face's result does not depend on the other images of the batch."}),
         "batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
                                "tooltip": "Faces per UNet call; halves itself automatically on out-of-memory."}),
     }
 
 
-def run_restore(restorer: FaceRestorer, crops_bchw: torch.Tensor, seed: int) -> torch.Tensor:
+def sampler_settings(sampler: str, steps: int, eta: float, strength: float) -> tuple[str, int | None, float | None]:
+    """Widget values → the library's sampler settings.
+
+    `official` fixes its own steps and eta (the widgets always hold some). Workflows saved before the presets
+    existed got DifFace's exact sampler from ddim + 100 steps + eta 0.5 at strength 0.4; they still do."""
+    if sampler == "ddim" and int(steps) == OFFICIAL_STEPS and float(eta) == OFFICIAL_ETA \
+            and strength_to_timestep(strength) == OFFICIAL_T_START:
+        sampler = "official"
+    if sampler == "official":
+        return sampler, None, None
+    return sampler, steps, eta
+
+
+def run_restore(restorer: FaceRestorer, crops_bchw: torch.Tensor, seed: int,
+                seeds: list[int] | None = None) -> torch.Tensor:
     """The library's restorer with ComfyUI's device, memory, progress and cancel handling."""
     # Crops stay on the CPU: the restorer moves one chunk at a time to the models' device and back,
     # so device memory follows batch_size, not the number of faces (video batches).
     with restorer_on_device(restorer):
-        return restorer(crops_bchw.cpu(), seed=seed, progress=StepProgress())
+        return restorer(crops_bchw.cpu(), seed=seed, seeds=seeds, progress=StepProgress())
 
 
 def restorer_on_device(restorer: FaceRestorer):
     """The restorer's networks on ComfyUI's device for the body, with room for batch_size faces' activations."""
-    return on_device(*restorer.modules(), extra_bytes=restorer.batch_size * 512 * 512 * 4 * 64)
+    side = restorer.crop_size
+    return on_device(*restorer.modules(), extra_bytes=restorer.batch_size * side * side * 4 * 64)
 
 
 class BFRDiffusionRestore:
@@ -144,15 +161,23 @@ class BFRDiffusionRestore:
         }, "optional": {
             "restorer": ("BFR_RESTORER", {"tooltip": "Backbone from BFR Load Restorer; unconnected = none."}),
             "guidance": ("BFR_GUIDANCE", {"tooltip": "Identity guidance from BFR Identity Guidance (optional)."}),
+            "faces": ("BFR_FACES", {"tooltip": "From BFR Align Faces (optional): seeds each face by its index "
+                                               "within its own image, like BFR Restore Faces."}),
         }}
 
-    def restore(self, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None, guidance=None):
+    def restore(self, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None, guidance=None,
+                faces=None):
         rgb, _ = split_alpha(to_bchw(crops))
-        if sampler == "official":  # the preset fixes its own steps and eta (DifFace's 100 steps, 0.5)
-            steps = eta = None
+        seeds = None
+        if faces is not None:
+            if len(faces) != rgb.shape[0]:
+                raise ValueError(f"'faces' describes {len(faces)} faces but {rgb.shape[0]} crops were given; connect "
+                                 f"the BFR_FACES that came with these crops")
+            seeds = faces.face_seeds(seed)
+        sampler, steps, eta = sampler_settings(sampler, steps, eta, strength)
         face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, sampler=sampler, eta=eta,
                                      identity=guidance, batch_size=batch_size)
-        return (to_bhwc(run_restore(face_restorer, rgb, seed)),)
+        return (to_bhwc(run_restore(face_restorer, rgb, seed, seeds)),)
 
 
 class BFRRestoreFaces:
@@ -187,8 +212,9 @@ class BFRRestoreFaces:
                 guidance=None):
         images = to_bchw(image)
         dets = run_detection(detector, split_alpha(images)[0], DetectOptions(select=select))
-        face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, identity=guidance,
-                                     progress=StepProgress())
+        sampler, steps, eta = sampler_settings("ddim", steps, OFFICIAL_ETA, strength)
+        face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, sampler=sampler, eta=eta,
+                                     identity=guidance, progress=StepProgress())
         with restorer_on_device(face_restorer):
             res = restore_images(images, None, face_restorer, paste=PasteOptions(color_match=color_match),
                                  seed=seed, detections=dets)

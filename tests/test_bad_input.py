@@ -180,7 +180,7 @@ def test_offline_download_names_file_url_and_destination(tmp_path, capsys, monke
     assert "swinir" not in err  # the first failure stops the list (offline, every file would fail alike)
     assert "iddpm_ffhq512_ema500000.pth" in err and "https://" in err
     assert str(tmp_path / "facerestore_models" / "iddpm_ffhq512_ema500000.pth") in err
-    assert not list((tmp_path / "facerestore_models").glob("*"))  # no partial file left
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no partial or temp file anywhere
 
 
 def test_models_lists_where_to_get_each_missing_file(tmp_path, capsys):

@@ -127,7 +127,7 @@ def test_pixel_priors_share_the_interface():
                         in_channels=3, out_channels=6, learned_variance=True)
     assert as_prior(dp) is dp and isinstance(dp, Prior) and dp.image_channels == 3
     x = torch.rand(2, 3, 8, 8)
-    assert torch.equal(dp.decode(dp.encode(x)), (x * 2 - 1 + 1) * 0.5)
+    assert torch.equal(dp.encode(x), x * 2 - 1) and torch.equal(dp.decode(x * 2 - 1), (x * 2 - 1 + 1) * 0.5)
     plain = SimpleNamespace(model=unet, alphas_cumprod=dp.alphas_cumprod, sample_size=dp.sample_size, in_channels=3,
                             learned_variance=True)
     assert isinstance(as_prior(plain), PixelPrior)

@@ -91,3 +91,33 @@ def test_all_in_one_node(comfy_pack, models_dir):
     assert mask[0].max() > 0.99 and not mask[1].any() and torch.equal(out[1], batch[1])
     changed = (out[0] - batch[0]).abs().amax(-1) > 1e-3
     assert changed.any() and not changed[mask[0] == 0].any()
+
+
+def test_saved_ddim_100_workflows_keep_difface_exact(comfy_pack, models_dir):
+    """Before the presets, ddim + 100 steps + eta 0.5 at strength 0.4 ran DifFace's exact sampler; it still does."""
+    from bfr_core import restore_faces
+
+    nodes = _nodes(comfy_pack)
+    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    crops = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(3))
+    (legacy,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.4, 100, "ddim", 0.5, 7, 1)
+    (official,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.4, 20, "official", 0.0, 7, 1)
+    ref = restore_faces(crops.movedim(-1, 1).contiguous(), prior, sampler="official", seed=7).movedim(1, -1)
+    assert torch.equal(legacy, official) and torch.equal(official, ref)  # official ignores steps and eta
+    (ddim99,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.4, 99, "ddim", 0.5, 7, 1)
+    assert not torch.equal(ddim99, legacy)  # any other setting is plain DDIM
+
+
+def test_faces_input_seeds_like_the_all_in_one_node(comfy_pack, models_dir):
+    from bfr_core import AlignedFaces
+
+    nodes = _nodes(comfy_pack)
+    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    crops = torch.rand(3, 32, 32, 3, generator=torch.Generator().manual_seed(4))
+    faces = AlignedFaces(torch.tensor([0, 0, 1]), torch.zeros(3, 2, 3), torch.zeros(3, 5, 2), torch.ones(3), 32,
+                         [(64, 64)] * 2)
+    (keyed,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.4, 4, "ddim", 0.5, 5, 2, faces=faces)
+    (alone,) = nodes["BFRDiffusionRestore"]().restore(crops[2:], prior, 0.4, 4, "ddim", 0.5, 5, 2)
+    torch.testing.assert_close(keyed[2:], alone, atol=1e-5, rtol=0)  # image 1's first face: seed + 0
+    with pytest.raises(ValueError, match="describes 3 faces"):
+        nodes["BFRDiffusionRestore"]().restore(crops[:2], prior, 0.4, 4, "ddim", 0.5, 5, 2, faces=faces)

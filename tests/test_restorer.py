@@ -164,3 +164,43 @@ def test_restore_images_seeds_each_face_by_its_key(faces64):
     assert not torch.equal(both.images[1], b[0])  # and it was restored
     with pytest.raises(ValueError, match="detector or detections"):
         restore_images(a, None, fr)
+
+
+def test_settings_fail_before_any_face_is_processed(prior):
+    calls = []
+
+    def backbone(x):
+        calls.append(1)
+        return x
+
+    with pytest.raises(ValueError, match="official"):  # t_N = 410 is not on DifFace's 4-step respacing
+        FaceRestorer(prior, backbone, strength=0.41, sampler="official")
+    with pytest.raises(ValueError, match="unknown sampler|sampler"):
+        FaceRestorer(prior, backbone, sampler="euler_a_typo")
+    with pytest.raises(ValueError, match="eta must be in"):
+        FaceRestorer(prior, backbone, eta=2.0)
+    with pytest.raises(ValueError, match="steps"):
+        FaceRestorer(prior, backbone, steps=0)
+    assert not calls
+    FaceRestorer(prior, backbone, strength=0.0, sampler="official")  # nothing sampled: nothing to check
+
+
+def test_progress_without_a_backbone_counts_sampling_only(prior, degraded):
+    calls = []
+    FaceRestorer(prior, strength=0.4, steps=3, batch_size=2)(degraded, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 6) for i in range(1, 7)]
+
+
+def test_identity_guidance_needs_a_pixel_prior(prior):
+    from bfr_core.diffusion.priors import LatentPrior
+
+    class _VAE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+    vae = _VAE()
+    latent = LatentPrior(lambda z, t: torch.zeros_like(z), vae, prior.alphas_cumprod, 8, 4)
+    with pytest.raises(ValueError, match="pixel priors only"):
+        FaceRestorer(latent, identity=IdentitySettings(_Rec()))
+    assert any(m is vae for m in FaceRestorer(latent).modules())  # the VAE moves to the device with the rest

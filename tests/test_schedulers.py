@@ -154,9 +154,12 @@ def test_scheduler_timesteps_and_progress(name, mode):
         assert sorted(set(plan.timesteps), reverse=True) == list(range(400, 0, -40))
     else:  # the scheduler's own spacing, its first 10 timesteps at or below t_N
         assert plan.timesteps[0] <= 400 and len(set(plan.timesteps)) >= 10
-    custom = SchedulerSampler(_schedulers()[name](), prior.alphas_cumprod, 400, timesteps=[400, 250, 100])
     if mode == "timesteps":
+        custom = SchedulerSampler(_schedulers()[name](), prior.alphas_cumprod, 400, timesteps=[400, 250, 100])
         assert sorted(set(custom.timesteps), reverse=True) == [400, 250, 100]
+    else:  # its own spacing would silently replace the timesteps asked for: refused
+        with pytest.raises(ValueError, match="timesteps= cannot be honoured"):
+            SchedulerSampler(_schedulers()[name](), prior.alphas_cumprod, 400, timesteps=[400, 250, 100])
 
 
 def test_ddim_instance_equals_builtin_ddim_on_the_same_timesteps():
@@ -238,3 +241,21 @@ def test_seeds_validation():
     for bad in ([1], [1, 2, 3], [1, -2], torch.tensor([1.0, 2.0]), "ab"):
         with pytest.raises(ValueError):
             restore_faces(y, prior, strength=0.2, steps=2, seeds=bad)
+
+
+def test_latent_priors_turn_scheduler_clipping_off():
+    """DDPM/DDIM clip x0 to ±1 by default: right for pixels, ruinous for latents (unbounded)."""
+    from diffusers import DDPMScheduler
+
+    from bfr_core.diffusion.samplers import configure_scheduler
+
+    acp = linear_alphas_cumprod()
+    assert configure_scheduler(DDPMScheduler(), acp).config.clip_sample is True  # pixel prior: as the user set it
+    assert configure_scheduler(DDPMScheduler(), acp, clip_sample=None).config.clip_sample is False
+
+
+def test_eta_out_of_range_is_named():
+    prior = ConvPrior()
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="eta must be in"):
+            restore_faces(torch.rand(1, 3, 32, 32), prior, strength=0.4, eta=bad)

@@ -196,3 +196,15 @@ def test_save_requires_a_known_layout(swinir_file, tmp_path):
     from safetensors.torch import load_file
 
     assert sorted(load_file(str(out))) == ["bias", "weight"]
+
+
+def test_a_half_precision_file_is_saved_back_in_half_precision(swinir_file, loader, tmp_path):
+    """Loaders widen fp16 files to run them; the adapted weights go back in the file's own dtype and layout."""
+    sd = torch.load(swinir_file, weights_only=True)
+    half = tmp_path / "half.pth"
+    torch.save({"state_dict": {k: v.half() for k, v in sd["state_dict"].items()}}, half)
+    f = load_restorer(half)
+    out = save_backbone(f, tmp_path / "again.pth")
+    saved = torch.load(out, weights_only=True)["state_dict"]
+    assert list(saved) == list(sd["state_dict"]) and all(v.dtype == torch.float16 for v in saved.values())
+    assert all(torch.equal(saved[k], v.half()) for k, v in sd["state_dict"].items())  # unchanged weights, exactly

@@ -58,7 +58,7 @@ Denoise = Callable[[Tensor, int], "tuple[Tensor, Tensor]"]
 Callback = Callable[[int], None]
 
 __all__ = ["BUILTIN_SAMPLERS", "BuiltinSampler", "Noise", "SchedulerSampler", "configure_scheduler", "ddim",
-           "dpmpp_2m", "q_sample", "resolve_sampler"]
+           "check_eta", "dpmpp_2m", "q_sample", "resolve_sampler"]
 
 
 class Noise:
@@ -151,8 +151,11 @@ def _betas_from_alphas_cumprod(acp: Tensor) -> list[float]:
     return (1.0 - acp / prev).tolist()
 
 
-def configure_scheduler(scheduler: Any, acp: Tensor) -> Any:
-    """A new scheduler of ``scheduler``'s class and config, on the prior's schedule and ε prediction."""
+def configure_scheduler(scheduler: Any, acp: Tensor, clip_sample: float | None = 1.0) -> Any:
+    """A new scheduler of ``scheduler``'s class and config, on the prior's schedule and ε prediction.
+
+    ``clip_sample``: the prior's x0 range; None (latent priors: latents are not bounded) turns the scheduler's own
+    x0 clipping off (DDPM/DDIM clip to ±1 by default, which would wreck latents)."""
     cls = type(scheduler)
     params = inspect.signature(cls.__init__).parameters
     missing = [k for k in ("num_train_timesteps", "trained_betas", "prediction_type") if k not in params]
@@ -165,6 +168,8 @@ def configure_scheduler(scheduler: Any, acp: Tensor) -> Any:
         over["rescale_betas_zero_snr"] = False
     if str(scheduler.config.get("variance_type", "")).startswith("learned"):
         over["variance_type"] = "fixed_small"
+    if clip_sample is None and "clip_sample" in params:
+        over["clip_sample"] = False
     return cls.from_config(scheduler.config, **over)
 
 
@@ -172,8 +177,9 @@ class SchedulerSampler:
     """Drives a diffusers scheduler instance through its public API (module docstring)."""
 
     def __init__(self, scheduler: Any, acp: Tensor, t_start: int, timesteps: Sequence[int] | None = None,
-                 steps: int | None = None, eta: float | None = None):
-        self.template = configure_scheduler(scheduler, acp)
+                 steps: int | None = None, eta: float | None = None, clip_sample: float | None = 1.0):
+        self.template = configure_scheduler(scheduler, acp, clip_sample)
+        self.explicit = timesteps is not None
         self.name = type(scheduler).__name__
         self.acp, self.t_start, self.eta = acp, int(t_start), eta
         steps = DEFAULT_STEPS if steps is None else int(steps)
@@ -214,6 +220,9 @@ class SchedulerSampler:
                 except (ValueError, TypeError):
                     pass
                 sched = type(template).from_config(template.config)
+            if self.explicit:  # its own spacing would silently replace the timesteps asked for
+                raise ValueError(f"{self.name} takes neither custom timesteps nor sigmas, so timesteps= cannot be "
+                                 f"honoured; pass steps= (it then runs its own spacing from t_N) or use a preset")
             self.mode = "tail"
             self.num_inference_steps, self.begin = self._tail_plan(sched)
         if self.mode == "timesteps":
@@ -228,7 +237,9 @@ class SchedulerSampler:
         return sched
 
     def _tail_plan(self, sched: Any) -> tuple[int, int]:
-        """Smallest num_inference_steps whose schedule has len(wanted) distinct timesteps ≤ t_N; (n, begin)."""
+        """(n, begin): a num_inference_steps whose schedule has at least len(wanted) distinct timesteps ≤ t_N (the
+        first such n counting up from an estimate; the scheduler's rounding can give one or two more), and the index
+        of the first of them."""
         want = len(self.wanted)
         top = max(self.wanted[0], self.t_start)
         n_train = len(self.acp)
@@ -262,17 +273,24 @@ class SchedulerSampler:
         return x
 
 
+def check_eta(eta: float | None) -> None:
+    """η (DDIM-style noise per step) must lie in [0, 1]: above 1 the step's variance exceeds what is left."""
+    if eta is not None and not (math.isfinite(float(eta)) and 0.0 <= float(eta) <= 1.0):
+        raise ValueError(f"eta must be in [0, 1] (0 = deterministic, 0.5 = DifFace), got {eta}")
+
+
 def resolve_sampler(sampler: Any, acp: Tensor, t_start: int, steps: int | None = None, eta: float | None = None,
-                    timesteps: Sequence[int] | None = None) -> BuiltinSampler | SchedulerSampler:
+                    timesteps: Sequence[int] | None = None,
+                    clip_sample: float | None = 1.0) -> BuiltinSampler | SchedulerSampler:
     """A preset name or alias (`timesteps.get_preset`) → `BuiltinSampler`; a diffusers scheduler instance →
-    `SchedulerSampler`. ``steps``/``eta`` None = the preset's defaults; ``timesteps`` overrides the rule and steps."""
+    `SchedulerSampler`. ``steps``/``eta`` None = the preset's defaults; ``timesteps`` overrides the rule and steps;
+    ``clip_sample``: the prior's x0 range (None: unbounded latents, scheduler clipping off)."""
     n_train = len(acp)
+    check_eta(eta)
     if timesteps is not None:
         timesteps = check_timesteps(timesteps, t_start, n_train)
     if isinstance(sampler, str):
         preset = get_preset(sampler)
-        if eta is not None and not (float(eta) >= 0.0 and math.isfinite(float(eta))):
-            raise ValueError(f"eta must be >= 0, got {eta}")
         if steps is not None and int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if timesteps is not None:
@@ -282,7 +300,5 @@ def resolve_sampler(sampler: Any, acp: Tensor, t_start: int, steps: int | None =
         ts, eta_ = preset.resolve(t_start, steps, eta, n_train)
         return BuiltinSampler(preset.step, t_start, ts, eta_)
     if hasattr(sampler, "set_timesteps") and hasattr(sampler, "step"):
-        if eta is not None and not (float(eta) >= 0.0 and math.isfinite(float(eta))):
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        return SchedulerSampler(sampler, acp, t_start, timesteps, steps, eta)
+        return SchedulerSampler(sampler, acp, t_start, timesteps, steps, eta, clip_sample)
     raise ValueError(f"sampler must be a preset name or a diffusers scheduler instance, got {type(sampler).__name__}")

@@ -7,7 +7,7 @@ The official releases wrap their weights differently (`state_dict`, `params_ema`
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -203,11 +203,13 @@ class CheckpointOrigin:
     file_keys: tuple[str, ...]
     kept: dict[str, Tensor]
     not_in_file: tuple[str, ...]
+    file_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
 
     def file_state_dict(self, module: torch.nn.Module) -> dict[str, Tensor]:
-        """The module's current weights under the file's keys, in the file's order."""
+        """The module's current weights under the file's keys, in the file's order and dtypes (an fp16 file is
+        written back as fp16 even when the network was widened to fp32 to run or train)."""
         own = module.state_dict()
-        by_file = {fk: own[mk] for mk, fk in self.key_map.items()}
+        by_file = {fk: own[mk].to(self.file_dtypes.get(fk, own[mk].dtype)) for mk, fk in self.key_map.items()}
         return {fk: (by_file[fk] if fk in by_file else self.kept[fk]) for fk in self.file_keys}
 
 
@@ -216,7 +218,7 @@ def checkpoint_origin(module: torch.nn.Module, sd: Mapping[str, Tensor], layout:
     """Match a freshly loaded module's state dict to the file's (prefix-free) ``sd`` it was built from.
 
     Same name first; entries a loader renamed are paired in order among the leftovers with the same last name
-    component, shape, dtype and *values* (the module was just loaded from ``sd``), so a pairing is verified, not
+    component, shape and *values* (in the file's dtype) (the module was just loaded from ``sd``), so a pairing is verified, not
     guessed. Call it before the module's dtype or device changes.
     """
     own = module.state_dict()
@@ -224,7 +226,10 @@ def checkpoint_origin(module: torch.nn.Module, sd: Mapping[str, Tensor], layout:
     used: set[str] = set()
 
     def same(a: Tensor, b: Tensor) -> bool:
-        return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+        # Loaders may widen a half-precision file (fp16 → fp32 is exact): compare in the file's dtype.
+        if a.shape != b.shape or a.is_floating_point() != b.is_floating_point():
+            return False
+        return torch.equal(a.detach().to(device=b.device, dtype=b.dtype), b)
 
     leftovers = []
     for mk, value in own.items():
@@ -246,4 +251,5 @@ def checkpoint_origin(module: torch.nn.Module, sd: Mapping[str, Tensor], layout:
             not_in_file.append(mk)
     mapped = set(key_map.values())
     kept = {fk: sd[fk] for fk in sd if fk not in mapped}
-    return CheckpointOrigin(str(path), layout, key_map, tuple(sd), kept, tuple(not_in_file))
+    return CheckpointOrigin(str(path), layout, key_map, tuple(sd), kept, tuple(not_in_file),
+                            {k: v.dtype for k, v in sd.items()})

@@ -35,12 +35,12 @@ import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..archs.registry import load_architecture
 from ..archs.swinir import is_swinir_state_dict, load_swinir  # noqa: F401  (kept importable from here)
 from ..models.checkpoint import CheckpointError, CheckpointOrigin, checkpoint_origin
+from ..utils.tensors import resize_antialiased
 
 EXPECTED_KIND = ("face-restoration backbone spandrel can load (DifFace SwinIR swinir_restoration512_L1.pth, "
                  "GFPGAN v1.4, RestoreFormer++, …)")
@@ -72,11 +72,6 @@ def _valid_size(h: int, w: int, req) -> tuple[int, int]:
     pad_w, pad_h = req.get_padding(w, h)
     return h + pad_h, w + pad_w
 
-
-def _resize(x: Tensor, hw: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x
-    return F.interpolate(x, size=tuple(hw), mode="bicubic", antialias=True, align_corners=False)
 
 
 class _SizeRequirements:
@@ -117,8 +112,8 @@ class _ResizingRestorer(torch.nn.Module):
         p = next(self.model.parameters())
         inp = x.to(device=p.device, dtype=torch.float32).clamp(0, 1)
         th, tw = _valid_size(h, w, self.size_requirements)
-        inp = _resize(inp, (th, tw)).clamp(0, 1).to(p.dtype).contiguous()
-        out = _resize(self._run(inp).float(), (h, w))
+        inp = resize_antialiased(inp, (th, tw)).clamp(0, 1).to(p.dtype).contiguous()
+        out = resize_antialiased(self._run(inp).float(), (h, w))
         return out.clamp(0, 1).to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
 
 
@@ -138,10 +133,17 @@ class SpandrelRestorer(_ResizingRestorer):
         self.architecture = descriptor.architecture.id
         self.scale = int(descriptor.scale)
         self.size_requirements = descriptor.size_requirements
-        self._call_fn = getattr(descriptor, "_call_fn", None) or (lambda model, image: model(image))
+        # spandrel keeps each architecture's call (GFPGAN and RestoreFormer return tuples) in a private attribute;
+        # without it (another spandrel version) the first element of a tuple output is the image, as there.
+        self._call_fn = getattr(descriptor, "_call_fn", None) or _first_output
 
     def _run(self, inp: Tensor) -> Tensor:
         return self._call_fn(self.model, inp).clamp(0, 1)
+
+
+def _first_output(model: torch.nn.Module, image: Tensor) -> Tensor:
+    out = model(image)
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 class NativeRestorer(_ResizingRestorer):

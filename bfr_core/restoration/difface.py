@@ -44,14 +44,13 @@ stops the run at once. No call is made when there is nothing to denoise (strengt
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..diffusion.priors import DenoiserPrior, Prior, as_prior
-from ..diffusion.samplers import resolve_sampler
+from ..diffusion.samplers import check_eta, resolve_sampler
 from ..diffusion.sampling import Guidance, model_device_dtype, sample_latents, slice_cond
 from ..diffusion.timesteps import (DEFAULT_SAMPLER, DEFAULT_STRENGTH, NUM_TRAIN_TIMESTEPS, get_preset,
                                    strength_to_timestep)
@@ -127,8 +126,7 @@ def restore_faces(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if steps is not None and int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if eta is not None and not (float(eta) >= 0.0 and math.isfinite(float(eta))):
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    check_eta(eta)
     face_seeds = _face_seeds(seeds, seed, crops.shape[0])
 
     p = as_prior(prior) if prior is not None else None
@@ -173,7 +171,7 @@ class _Run:
             acp = torch.as_tensor(prior.alphas_cumprod).detach().to("cpu", torch.float64)
             if acp.ndim != 1 or not bool(((acp > 0) & (acp < 1)).all()):
                 raise ValueError("prior.alphas_cumprod must be a 1-D tensor of values in (0, 1)")
-            self.sampler = resolve_sampler(sampler, acp, t_start, steps, eta, timesteps)
+            self.sampler = resolve_sampler(sampler, acp, t_start, steps, eta, timesteps, prior.clip_sample)
             self.num_steps = self.sampler.num_steps
             c, cp = crops.shape[1], int(prior.image_channels)
             if cp != c and not (c == 3 and cp == 1) and not (c == 1 and cp == 3):

@@ -7,8 +7,12 @@ the recipe itself.
 How a call runs: the backbone's estimate f(y) of every crop is computed first, at the prior's resolution, in
 chunks with progress (`backbone_estimate`). It is both the sampler's input and, for blind identity guidance, the
 identity target. Then `restore_faces` noises it to the start step set by ``strength`` and denoises it with the
-prior (``restorer=None``: the backbone already ran; the result is bit-identical to letting `restore_faces` run
-the backbone itself). The result comes back at the crops' own size, on their device.
+prior (``restorer=None``: the backbone already ran; on one device the result is bit-identical to letting
+`restore_faces` run the backbone itself — across devices the resize runs where the crops are, which may differ in
+the last bits). The result comes back at the crops' own size, on their device.
+
+Settings are checked when the restorer is made (sampler name, steps, eta against the strength; identity guidance
+needs a pixel prior), so a bad value fails before any face is processed.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..diffusion.priors import DenoiserPrior
-from ..diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STRENGTH
+from ..diffusion.priors import DenoiserPrior, LatentPrior, as_prior
+from ..diffusion.samplers import resolve_sampler
+from ..diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STRENGTH, strength_to_timestep
 from ..identity.settings import IdentitySettings
 from ..utils import ProgressCallback
 from .backbones import IdentityRestorer
@@ -58,6 +63,17 @@ class FaceRestorer:
             raise ValueError("identity guidance steers the diffusion prior's sampling: load a prior too")
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.prior is None:
+            return
+        prior = as_prior(self.prior)
+        if self.identity is not None and isinstance(prior, LatentPrior):
+            # The recognizer reads images; the guidance hook sees latents. Not mixed up silently.
+            raise ValueError("identity guidance works with pixel priors only for now (a latent prior's guidance "
+                             "hook sees latents, not faces)")
+        t_start = strength_to_timestep(self.strength, len(prior.alphas_cumprod))
+        if t_start > 0:  # the sampler's settings against this strength, before any face is processed
+            resolve_sampler(self.sampler, torch.as_tensor(prior.alphas_cumprod).double(), t_start, self.steps,
+                            self.eta, clip_sample=prior.clip_sample)
 
     @property
     def crop_size(self) -> int:
@@ -68,7 +84,7 @@ class FaceRestorer:
 
     def modules(self) -> list[torch.nn.Module]:
         """The networks a call runs, for adapters that place models on a device before calling."""
-        found = [getattr(self.prior, "model", None), self.backbone,
+        found = [getattr(self.prior, "model", None), getattr(self.prior, "vae", None), self.backbone,
                  getattr(self.identity.recognizer, "model", None) if self.identity is not None else None]
         return [m for m in found if isinstance(m, torch.nn.Module)]
 
@@ -77,8 +93,8 @@ class FaceRestorer:
         """Restore aligned crops [F, C, H, W] in [0, 1] (C = 1 or 3) → same shape, device and dtype.
 
         Face i's noise comes from ``seeds[i]`` when given (e.g. `AlignedFaces.face_seeds`), else ``seed + i``.
-        ``progress(done, total)`` is called per backbone chunk, then per denoising step (raising from it stops
-        the run).
+        ``progress(done, total)`` is called per backbone chunk (when there is a backbone), then per denoising step
+        (raising from it stops the run).
         """
         if not isinstance(crops, Tensor) or crops.ndim != 4:
             raise ValueError(f"crops must be a [F, C, H, W] tensor, got {getattr(crops, 'shape', type(crops))}")
@@ -91,7 +107,8 @@ class FaceRestorer:
             return crops.clamp(0, 1)  # nothing to do: no backbone, no diffusion
         # The backbone runs at the prior's resolution whenever there is a prior, as inside restore_faces.
         size = None if self.prior is None else int(self.prior.sample_size)
-        estimates = backbone_estimate(crops, self.backbone, size, self.batch_size, progress)
+        estimates = backbone_estimate(crops, self.backbone, size, self.batch_size,
+                                      progress if self.backbone is not None else None)
         if not diffuse:
             return resize_crops(estimates, hw).to(crops.dtype)
         guidance = None
