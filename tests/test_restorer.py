@@ -204,3 +204,13 @@ def test_identity_guidance_needs_a_pixel_prior(prior):
     with pytest.raises(ValueError, match="pixel priors only"):
         FaceRestorer(latent, identity=IdentitySettings(_Rec()))
     assert any(m is vae for m in FaceRestorer(latent).modules())  # the VAE moves to the device with the rest
+
+
+def test_bad_crops_are_refused_even_with_nothing_to_do(prior):
+    for fr in (FaceRestorer(prior), FaceRestorer(None)):
+        with pytest.raises(ValueError, match="NaN"):
+            fr(torch.full((1, 3, 8, 8), float("nan")))
+        with pytest.raises(ValueError, match="uint8"):
+            fr(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="channels"):
+            fr(torch.zeros(1, 4, 8, 8))

@@ -27,6 +27,7 @@ from ..diffusion.samplers import resolve_sampler
 from ..diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STRENGTH, strength_to_timestep
 from ..identity.settings import IdentitySettings
 from ..utils import ProgressCallback
+from ..utils.layout import check_images
 from .backbones import IdentityRestorer
 from .difface import restore_faces
 from .estimate import Restorer, backbone_estimate, resize_crops
@@ -40,8 +41,8 @@ class FaceRestorer:
 
     prior: a diffusion prior (None: the backbone alone). backbone: f (None: the crop itself). strength: how much of
     the diffusion chain is re-generated (0 = the backbone's estimate, 0.4 = DifFace). steps, sampler, eta: the
-    sampling schedule (see `restore_faces`; the default preset "fast" is 20 DDIM steps, η 0.5). identity: `IdentitySettings` for identity guidance (needs a prior).
-    batch_size: faces per network call (halves itself on out-of-memory). dtype: the prior's compute precision.
+    sampling schedule (see `restore_faces`; the default preset "fast" is 20 DDIM steps, η 0.5). identity:
+    `IdentitySettings` for identity guidance (needs a pixel prior). batch_size: faces per network call (halves itself on out-of-memory). dtype: the prior's compute precision.
     progress: the default ``progress(done, total)`` callback of calls that pass none.
     """
 
@@ -96,8 +97,7 @@ class FaceRestorer:
         ``progress(done, total)`` is called per backbone chunk (when there is a backbone), then per denoising step
         (raising from it stops the run).
         """
-        if not isinstance(crops, Tensor) or crops.ndim != 4:
-            raise ValueError(f"crops must be a [F, C, H, W] tensor, got {getattr(crops, 'shape', type(crops))}")
+        check_images(crops, "crops", channels=(1, 3), allow_empty=True)
         hw = tuple(crops.shape[-2:])
         progress = progress or self.progress
         if crops.shape[0] == 0:
