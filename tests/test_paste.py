@@ -119,3 +119,17 @@ def test_opencv_and_torch_backends_paste_alike(yunet):
     out_th, cov_th = paste_faces(img, restored, faces, backend="torch")
     assert psnr(out_cv, out_th) > 40
     assert float((cov_cv - cov_th).abs().mean()) < 2e-3
+
+
+def test_a_face_pastes_the_same_alone_or_in_a_batch():
+    """The shared template mask must be warped the same way for one face as for many (it once went through a
+    pyramid only when several faces shared it: a few 1e-2 differences along the paste edge)."""
+    torch.manual_seed(0)
+    imgs = torch.rand(2, 3, 128, 128)
+    dets = _faces_at(imgs[:1], [(64.0, 70.0)], 40.0) + _faces_at(imgs[:1], [(60.0, 66.0)], 36.0)
+    crops, faces = align_faces(imgs, dets)
+    restored = torch.rand_like(crops)
+    both, _ = paste_faces(imgs, restored, faces)
+    crops1, faces1 = align_faces(imgs[1:], dets[1:])
+    alone, _ = paste_faces(imgs[1:], restored[1:], faces1)
+    assert torch.equal(both[1], alone[0])

@@ -161,6 +161,7 @@ def test_restore_images_seeds_each_face_by_its_key(faces64):
     assert torch.equal(both.restored[1], alone.restored[0])
     shifted = restore_images(b, None, fr, seed=8, detections=[db])
     assert float((shifted.restored[0] - alone.restored[0]).abs().max()) > 1e-2
+    assert torch.equal(both.images[1], alone.images[0])  # and so is the pasted photo
     assert not torch.equal(both.images[1], b[0])  # and it was restored
     with pytest.raises(ValueError, match="detector or detections"):
         restore_images(a, None, fr)

@@ -86,22 +86,20 @@ class _FaceSampler:
         if self.cv2:  # channels-last numpy views (free when the crops came from ComfyUI or warp_faces)
             self.crops_np = crops.detach().permute(0, 2, 3, 1).contiguous().numpy()
             self.affines_np = affines.detach().double().cpu().numpy()
-            # One shared template mask (an expanded view) is prepared once as a pyramid of halvings,
-            # so a small face warps a small level instead of shrinking the full mask again.
-            self.shared_mask = masks.stride(0) == 0
+            # One shared template mask (an expanded view) is shrunk once per power of two and reused for every
+            # face of that size. The result is the same as warping a per-face copy, so a face pastes the same
+            # whether it comes alone or in a batch.
+            self.shared_mask = masks.stride(0) == 0 or masks.shape[0] == 1
             if self.shared_mask:
-                import cv2
-
-                level = masks[0].detach().contiguous().numpy()
-                self.mask_levels = [level]
-                while level.shape[0] >= 64:
-                    level = cv2.resize(level, (level.shape[1] // 2, level.shape[0] // 2), interpolation=cv2.INTER_AREA)
-                    self.mask_levels.append(level)
+                self.mask_np = masks[0].detach().contiguous().numpy()
+                self.mask_shrunk: dict[int, np.ndarray] = {}
             else:
                 self.masks_np = masks.detach().contiguous().numpy()
 
-    def _cv2_warp(self, src, m, size: tuple[int, int], scale: float) -> Tensor:
-        """Warp src (HWC numpy) into a region of `size` (w, h); m (numpy [2, 3]) maps region → src pixels."""
+    def _cv2_warp(self, src, m, size: tuple[int, int], scale: float, shrunk: dict | None = None) -> Tensor:
+        """Warp src (HWC numpy) into a region of `size` (w, h); m (numpy [2, 3]) maps region → src pixels.
+
+        ``shrunk``: a cache of src's shrunk copies by factor (for a source shared by many faces)."""
         import cv2
 
         if scale >= 3:  # the face is much smaller in the image than in the crop: shrink the crop first
@@ -111,7 +109,11 @@ class _FaceSampler:
             k = 2 ** int(math.floor(math.log2(scale / 1.5)))
             side = max(1, round(src.shape[0] / k))
             f = side / src.shape[0]
-            src = cv2.resize(src, (side, side), interpolation=cv2.INTER_AREA)
+            if shrunk is None or k not in shrunk:
+                small = cv2.resize(src, (side, side), interpolation=cv2.INTER_AREA)
+                if shrunk is not None:
+                    shrunk[k] = small
+            src = small if shrunk is None or k not in shrunk else shrunk[k]
             m = (resize_map(f, f) @ np.vstack([m, [0, 0, 1]]))[:2]
         # WARP_INVERSE_MAP: m maps destination (region) pixels to source (crop) pixels.
         out = cv2.warpAffine(src, m, size, flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
@@ -128,11 +130,7 @@ class _FaceSampler:
             face = self._cv2_warp(self.crops_np[i], m, size, scale)
             if not self.shared_mask:
                 return face, self._cv2_warp(self.masks_np[i], m, size, scale)
-            # Smallest pyramid level still at least the face's size in the image (ratio 1-2x left).
-            k = min(len(self.mask_levels) - 1, max(0, int(math.floor(math.log2(max(scale, 1.0))))))
-            level = self.mask_levels[k]
-            f = level.shape[0] / self.mask_levels[0].shape[0]
-            return face, self._cv2_warp(level, (resize_map(f, f) @ np.vstack([m, [0, 0, 1]]))[:2], size, scale * f)
+            return face, self._cv2_warp(self.mask_np, m, size, scale, self.mask_shrunk)
         m = self.affines[i].double().cpu().clone()
         m[:, 2] += m[:, 0] * x0 + m[:, 1] * y0  # region pixel → crop pixel
         scale = float(alignment_scale(m))
