@@ -49,7 +49,7 @@ _EXPORTS = {
     "restore_faces": ".restoration.difface",
     "backbone_estimate": ".restoration.estimate",
     "generate_pseudo_targets": ".restoration.pseudo_targets",
-    "write_pseudo_targets": ".restoration.pseudo_targets",
+    "write_pseudo_targets": ".training.pseudo_targets",
     "DetectOptions": ".faces.detection.batch",
     "PasteOptions": ".restoration.pipeline",
     "RestoreResult": ".restoration.pipeline",

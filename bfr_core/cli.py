@@ -220,7 +220,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_pseudo_targets(args: argparse.Namespace) -> int:
     """DT-BFR pseudo-targets of aligned crops, written as they are made; existing targets are skipped (resume)."""
-    from .restoration.pseudo_targets import write_pseudo_targets
+    from .training.pseudo_targets import write_pseudo_targets
 
     if not str(args.output).strip():
         raise ValueError("-o/--output is empty: name the folder for the pseudo-targets")

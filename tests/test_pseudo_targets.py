@@ -241,7 +241,8 @@ def test_bad_inputs_are_clear_errors(faces64):
     with pytest.raises(ValueError, match="float"):
         generate_pseudo_targets((y * 255).to(torch.uint8), prior)
     with pytest.raises(ValueError, match="channels"):
-        generate_pseudo_targets(y[:, :1], prior)
+        generate_pseudo_targets(torch.rand(1, 2, 64, 64), prior)
+    assert generate_pseudo_targets(y[:, :1], prior, t_start=4, constrain_until=2).shape == (1, 3, 64, 64)  # gray crops, RGB prior
     with pytest.raises(ValueError, match="NaN"):
         generate_pseudo_targets(y * float("nan"), prior)
     latent = LatentPrior(lambda z, t: z, object(), linear_alphas_cumprod(), latent_size=8, latent_channels=4,

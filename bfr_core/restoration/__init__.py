@@ -8,7 +8,6 @@ _EXPORTS = {
     "backbone_estimate": ".estimate",
     "resize_crops": ".estimate",
     "generate_pseudo_targets": ".pseudo_targets",
-    "write_pseudo_targets": ".pseudo_targets",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -23,7 +23,8 @@ indices k = ``t_start`` … 0 of the respaced chain stand for training timesteps
    lowpass = antialiased bicubic down by 1/``lowpass`` and back up; DT-BFR: 16 for SwinIR, 8 for other
    backbones). With the defaults that is 60 of the 150 steps (states 149 … 90). ``constrain_until`` 0 turns it off
    (plain DDPM from x̂); = ``t_start`` constrains nothing.
-5. decode, clamp to [0, 1], resize back to the crop's H×W (antialiased bicubic) in the crops' dtype.
+5. decode, clamp to [0, 1], resize back to the crop's H×W (antialiased bicubic) in the crops' dtype (with the
+   prior's channel count: a gray prior makes gray targets of RGB crops, from the estimate's luma).
 
 Seeds, chunks, progress
 -----------------------
@@ -37,13 +38,11 @@ Priors: any pixel prior the engine takes (`DiffusionPrior`, diffusers UNet folde
 Latent priors are refused (ValueError): the low band would have to be swapped in image space, through the VAE,
 at every step — not done here.
 
-Files: `write_pseudo_targets` writes one 16-bit PNG per face as soon as its chunk is done (atomically: temp file
-+ rename), and skips faces whose target file already exists, so an interrupted run resumes where it stopped.
+Files: `bfr_core.training.pseudo_targets.write_pseudo_targets` writes one 16-bit PNG per face as soon as its chunk
+is done (atomically) and skips faces whose target exists, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -58,7 +57,7 @@ from .difface import face_seeds as check_face_seeds
 from .estimate import Restorer, backbone_estimate, resize_crops
 
 __all__ = ["DEFAULT_CONSTRAIN_UNTIL", "DEFAULT_LOWPASS", "DEFAULT_RESPACING", "DEFAULT_T_START",
-           "generate_pseudo_targets", "pseudo_target_timesteps", "write_pseudo_targets"]
+           "generate_pseudo_targets", "pseudo_target_timesteps"]
 
 DEFAULT_RESPACING = 250
 DEFAULT_T_START = 150
@@ -96,7 +95,10 @@ def generate_pseudo_targets(
     cond: Any = None,
     step_hook: StepHook | None = None,
 ) -> Tensor:
-    """DT-BFR pseudo-targets of aligned LQ crops [B, C, H, W] (float, [0, 1]) → [B, C, H, W] in [0, 1].
+    """DT-BFR pseudo-targets of aligned LQ crops [B, C, H, W] (float, [0, 1]) → [B, Cp, H, W] in [0, 1].
+
+    C and the prior's channel count Cp are 1 or 3; when they differ the target has the prior's channels (a gray
+    prior refines the estimate's BT.601 luma; an RGB prior gets gray crops repeated to RGB).
 
     ``prior``: a pixel diffusion prior (latent priors: ValueError); ``restorer``: the backbone whose estimate is
     refined (None = the crop itself). ``t_start``, ``constrain_until``: indices of the ``respacing``-step chain
@@ -130,8 +132,9 @@ def generate_pseudo_targets(
     if size < 1:
         raise ValueError(f"prior.sample_size must be positive, got {p.sample_size}")
     factor = check_lowpass_factor(lowpass, size)
-    if lq_crops.shape[1] != int(p.image_channels):
-        raise ValueError(f"lq_crops have {lq_crops.shape[1]} channels but the prior expects {int(p.image_channels)}")
+    c, cp = lq_crops.shape[1], int(p.image_channels)
+    if c not in (1, 3) or cp not in (1, 3):
+        raise ValueError(f"lq_crops have {c} channels and the prior {cp}; pseudo-targets need 1 or 3 (RGB)")
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -145,6 +148,8 @@ def generate_pseudo_targets(
         y = lq_crops[start:start + n]
         hw = tuple(y.shape[-2:])
         est = backbone_estimate(y, restorer, size, batch_size=n).to(device=device, dtype=torch.float32)
+        if cp != c:  # gray prior: the estimate's luma; RGB prior on gray crops: gray repeated to RGB
+            est = luma(est) if cp == 1 else est.repeat(1, 3, 1, 1)
         with torch.no_grad():
             x_hat = p.encode(est).float()
         if tuple(x_hat.shape) != tuple(est.shape):
@@ -173,111 +178,3 @@ def generate_pseudo_targets(
         return resize_crops(r, hw).to(device=lq_crops.device, dtype=lq_crops.dtype)
 
     return torch.cat(run_chunked(run, n_total, batch_size, len(timesteps), progress))
-
-
-# ----------------------------------------------------------------------------------------------- files
-def _target_names(crops: Sequence[Any] | Tensor, names: Sequence[str] | None) -> list[str]:
-    n = len(crops)
-    if names is not None:
-        names = [str(v) for v in names]
-        if len(names) != n:
-            raise ValueError(f"names has {len(names)} entries for {n} crops")
-    elif isinstance(crops, Tensor):
-        names = [f"{i:06d}.png" for i in range(n)]
-    else:
-        names = [Path(c).stem + ".png" for c in crops]
-    if any(Path(v).name != v or not v for v in names):
-        raise ValueError(f"target names must be plain file names, got {names}")
-    dup = sorted({v for v in names if names.count(v) > 1})
-    if dup:
-        raise ValueError(f"two crops would write the same target file {dup[0]} (same file name in different "
-                         f"folders?); rename them or pass names=")
-    return names
-
-
-def write_pseudo_targets(
-    crops: Sequence[str | os.PathLike] | Tensor,
-    out_dir: str | os.PathLike,
-    prior: Any,
-    restorer: Restorer | None = None,
-    *,
-    names: Sequence[str] | None = None,
-    seed: int = 0,
-    batch_size: int = 4,
-    bit_depth: int = 16,
-    progress: ProgressCallback | None = None,
-    device: torch.device | str | None = None,
-    **kwargs: Any,
-) -> list[Path]:
-    """Pseudo-targets of aligned crops written to ``out_dir``, one PNG per face, resumable.
-
-    ``crops``: image files (already aligned crops) or a [B, C, H, W] tensor in [0, 1]. Target names: the files'
-    stems + ".png" (tensors: 000000.png, …), or ``names``. Face i (of the whole list, skipped or not) is seeded
-    ``seed + i``, so a resumed run makes the same targets as an uninterrupted one. Faces whose target exists are
-    skipped (not read, not generated); the rest run ``batch_size`` at a time through `generate_pseudo_targets`
-    (``kwargs``: its t_start, lowpass, constrain_until, respacing, dtype, …) and each chunk's targets are written
-    at once (``bit_depth`` 16 or 8; atomic: temp file + rename, so an interrupted run leaves only whole files).
-    Crops go to ``device`` (default: the tensor's device, CPU for files). ``progress(done, total)`` counts model
-    evaluations over the faces still to do. Returns the target paths of all faces, in order.
-    """
-    from ..io.images import read_image, write_image
-
-    if "seeds" in kwargs:
-        raise ValueError("write_pseudo_targets seeds face i with seed + i; pass seed=")
-    if int(bit_depth) not in (8, 16):
-        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if int(seed) < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if isinstance(crops, Tensor):
-        if crops.ndim != 4:
-            raise ValueError(f"crops must be a [B, C, H, W] tensor or a list of files, got {tuple(crops.shape)}")
-    else:
-        crops = [Path(c) for c in crops]
-    names = _target_names(crops, names)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; name a folder for the pseudo-targets")
-    targets = [out / v for v in names]
-    if not isinstance(crops, Tensor):
-        inputs = {c.resolve() for c in crops}
-        clash = [t for t in targets if t.resolve() in inputs]
-        if clash:
-            raise ValueError(f"{clash[0]} would overwrite an input crop; choose another output folder")
-    todo = [i for i, t in enumerate(targets) if not t.exists()]
-    if not todo:
-        return targets
-    out.mkdir(parents=True, exist_ok=True)
-    channels = int(as_prior(prior).image_channels)
-    t_start = int(kwargs.get("t_start", DEFAULT_T_START))
-    chunks = [todo[k:k + int(batch_size)] for k in range(0, len(todo), int(batch_size))]
-    total = t_start * len(chunks)
-
-    def load(i: int) -> Tensor:
-        if isinstance(crops, Tensor):
-            x = crops[i]
-        else:
-            x = read_image(crops[i]).rgb
-        x = x.to(device) if device is not None else x
-        return luma(x[None])[0] if channels == 1 and x.shape[0] == 3 else x
-
-    for ci, chunk in enumerate(chunks):
-        ys = [load(i) for i in chunk]
-        same = len({tuple(y.shape) for y in ys}) == 1
-        groups = [list(range(len(ys)))] if same else [[k] for k in range(len(ys))]  # mixed sizes: one at a time
-        base, acc = ci * t_start, 0
-        for g in groups:
-            def report(d: int, tot: int, _acc=acc, _n=len(g), _all=len(ys)) -> None:
-                if progress is not None:
-                    progress(base + (t_start * (_acc * tot + d * _n)) // (_all * max(tot, 1)), total)
-
-            res = generate_pseudo_targets(torch.stack([ys[k] for k in g]), prior, restorer,
-                                          seeds=[int(seed) + chunk[k] for k in g], batch_size=len(g),
-                                          progress=report, **kwargs)
-            for k, r in zip(g, res):  # written as soon as made: a later failure keeps them
-                img = r.float()
-                write_image(targets[chunk[k]], img.repeat(3, 1, 1) if img.shape[0] == 1 else img,
-                            gray=img.shape[0] == 1, bit_depth=int(bit_depth))
-            acc += len(g)
-    return targets
