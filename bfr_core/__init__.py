@@ -8,6 +8,7 @@ Main entry points:
     restore_images(images, detector, ...)  the whole pipeline
     load_prior(path) / load_restorer(path) the DifFace prior and backbone (or diffusers / spandrel models)
     restore_faces(crops, prior, ...)       DifFace restoration of aligned crops (batched, seeded per face)
+    generate_pseudo_targets(crops, prior)  DT-BFR pseudo-targets (prior-refined backbone estimates) for adaptation
     FaceRestorer(prior, backbone, ...)     the whole restore recipe as one object: restorer(crops) → restored crops
     load_recognizer(path)                  ArcFace recognizer (insightface ONNX / arcface_torch / facexlib)
     IdentityGuidance(recognizer, ...)      masked identity guidance: restore_faces(..., guidance=...)
@@ -47,6 +48,8 @@ _EXPORTS = {
     "load_restorer": ".restoration.backbones",
     "restore_faces": ".restoration.difface",
     "backbone_estimate": ".restoration.estimate",
+    "generate_pseudo_targets": ".restoration.pseudo_targets",
+    "write_pseudo_targets": ".training.pseudo_targets",
     "DetectOptions": ".faces.detection.batch",
     "PasteOptions": ".restoration.pipeline",
     "RestoreResult": ".restoration.pipeline",

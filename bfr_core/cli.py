@@ -1,4 +1,4 @@
-"""Command line: `python -m bfr_core {detect,restore,models,download} ...`."""
+"""Command line: `python -m bfr_core {detect,restore,pseudo-targets,similarity,models,download} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -218,6 +218,39 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _report_unreadable(unreadable, len(targets))
 
 
+def cmd_pseudo_targets(args: argparse.Namespace) -> int:
+    """DT-BFR pseudo-targets of aligned crops, written as they are made; existing targets are skipped (resume)."""
+    from .training.pseudo_targets import write_pseudo_targets
+
+    if not str(args.output).strip():
+        raise ValueError("-o/--output is empty: name the folder for the pseudo-targets")
+    if args.constrain_until > args.t_start:
+        raise ValueError(f"--constrain-until ({args.constrain_until}) must not exceed --t-start ({args.t_start}); "
+                         f"0 turns the low-pass constraint off")
+    crops = [Path(p) for p in _expand_inputs(args.crops)]
+    missing = [str(p) for p in crops if not p.is_file()]
+    if missing:
+        raise ValueError(f"crop file(s) not found: {', '.join(missing)}")
+    dtype = parse_dtype(args.dtype)
+    from .diffusion.loading import load_prior
+    from .restoration.backbones import load_restorer
+
+    prior = load_prior(model_files.resolve_model(args.prior, args.models_dir), device=args.device, dtype=dtype)
+    backbone = None
+    if args.restorer != "none":
+        backbone = load_restorer(model_files.resolve_model(args.restorer, args.models_dir), device=args.device,
+                                 dtype=dtype)
+    outdir = Path(args.output)
+    before = sum((outdir / (p.stem + ".png")).exists() for p in crops) if outdir.is_dir() else 0
+    if before:
+        print(f"{before} of {len(crops)} target(s) already in {outdir}: skipped", file=sys.stderr)
+    targets = write_pseudo_targets(crops, outdir, prior, backbone, seed=args.seed, batch_size=args.batch_size,
+                                   progress=_print_progress, device=args.device, t_start=args.t_start,
+                                   lowpass=args.lowpass, constrain_until=args.constrain_until)
+    print(f"{len(targets) - before} pseudo-target(s) written to {outdir} ({len(targets)} in all)")
+    return 0
+
+
 def _size_text(n: int | None) -> str:
     if n is None:
         return "size unknown"
@@ -300,6 +333,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", choices=("ellipse", "square"), default="ellipse")
     p.add_argument("--color-match", choices=("none", "mean_std", "lowpass"), default="none")
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("pseudo-targets", help="DT-BFR pseudo-targets of aligned face crops (resumable)",
+                       description="The backbone's estimate of each aligned crop, diffused to --t-start of the "
+                                   "250-step respacing and sampled back by the prior with ancestral steps, its "
+                                   "low-frequency band kept to the estimate's while t >= --constrain-until. One "
+                                   "16-bit PNG per crop (<crop stem>.png); existing targets are skipped.")
+    p.add_argument("crops", nargs="+", help="aligned face crops: image files or folders of them")
+    p.add_argument("-o", "--output", required=True, help="output folder (one <crop stem>.png per crop)")
+    p.add_argument("--prior", required=True, help="pixel diffusion prior: iddpm_ffhq512_ema500000.pth, a "
+                                                  ".safetensors copy, or a diffusers UNet folder")
+    p.add_argument("--restorer", default="none",
+                   help="the backbone to adapt, e.g. swinir_restoration512_L1.pth ('none': the crop itself)")
+    p.add_argument("--t-start", type=_number(int, 1, 249, what=" (a step of the 250-step respacing)"), default=150,
+                   help="start step of the 250-step respacing (default 150 = training timestep 600)")
+    p.add_argument("--lowpass", type=_number(int, 1, 4096), default=16,
+                   help="low band = bicubic down by this factor and back (DT-BFR: 16 for SwinIR, 8 otherwise)")
+    p.add_argument("--constrain-until", type=_number(int, 1, 249, zero_ok=True, what=", or 0 for no constraint"),
+                   default=90, help="keep the estimate's low band while t >= this (default 90; 0 = off)")
+    p.add_argument("--seed", type=_number(int, 0), default=0, help="crop i (in the listed order) uses seed + i")
+    p.add_argument("--batch-size", type=_number(int, 1), default=4,
+                   help="faces per UNet call (halved on out-of-memory)")
+    p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu (default cpu)")
+    p.add_argument("--models-dir", help=f"models folder (also ${model_files.ENV_MODELS_DIR}, or ComfyUI/models)")
+    p.set_defaults(func=cmd_pseudo_targets)
     p = sub.add_parser("similarity", help="cosine similarity of the largest faces in two images")
     p.add_argument("a")
     p.add_argument("b")

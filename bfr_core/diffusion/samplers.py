@@ -12,6 +12,9 @@ Built-in samplers (used by the presets of `timesteps`; per-step scalars are Pyth
   ``ddim_sample`` with ``clip_denoised`` (diffusers' ``use_clipped_model_output=False``). ā_prev of the last step is
   1. With η > 0 one noise draw per step, also at the last step (where σ = 0), so the draw order is fixed.
   With float64 scalars the official preset matches an independent implementation of DifFace's equations to ~2e-7.
+* `ddpm`: ancestral DDPM posterior steps (``p_sample``) over the given chain with its own (respaced) betas and
+  the fixed posterior variance β̃ of that chain; an ``after_step`` hook may edit each new state (used by the DT-BFR
+  pseudo-targets' low-pass consistency, `consistency`). Not a preset; one noise draw per step.
 * `dpmpp_2m`: DPM-Solver++(2M) (midpoint form, data prediction = the clipped x0), first order at the first
   step, and the last step goes to σ = 0 (returns x0) — diffusers' ``DPMSolverMultistepScheduler(solver_order=2,
   algorithm_type='dpmsolver++', solver_type='midpoint', lower_order_final=True, final_sigmas_type='zero')``.
@@ -58,7 +61,7 @@ Denoise = Callable[[Tensor, int], "tuple[Tensor, Tensor]"]
 Callback = Callable[[int], None]
 
 __all__ = ["BUILTIN_SAMPLERS", "BuiltinSampler", "Noise", "SchedulerSampler", "configure_scheduler", "ddim",
-           "check_eta", "dpmpp_2m", "q_sample", "resolve_sampler"]
+           "ddpm", "check_eta", "dpmpp_2m", "q_sample", "resolve_sampler"]
 
 
 class Noise:
@@ -97,6 +100,34 @@ def ddim(denoise: Denoise, x: Tensor, timesteps: Sequence[int], acp: Tensor, *, 
         x = math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev - std**2) * eps
         if eta > 0:
             x = x + std * noise()
+        if callback is not None:
+            callback(j)
+    return x
+
+
+def ddpm(denoise: Denoise, x: Tensor, timesteps: Sequence[int], acp: Tensor, *,
+         noise: Callable[[], Tensor], callback: Callback | None = None,
+         after_step: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
+    """Ancestral DDPM (``p_sample``) steps from x at timesteps[0] down to ā = 1, over the chain ``timesteps``.
+
+    Each step t → prev (the next entry; ā_prev = 1 after the last) is the DDPM posterior q(x_prev | x_t, x0) of the
+    *respaced* chain, with β = 1 − ā_t/ā_prev: mean = sqrt(ā_prev)·β/(1 − ā_t)·x0 + sqrt(1 − β)·(1 − ā_prev)/(1 − ā_t)·x_t
+    with the clipped x0, and fixed variance σ² = β·(1 − ā_prev)/(1 − ā_t) — the posterior variance of the respaced
+    chain (guided-diffusion's ``fixed_small``; a learned-variance model's extra channels are ignored). σ = 0 on the
+    last step. One noise draw per step, also the last, so the draw order is fixed. ``after_step(j, x) -> x`` may
+    replace the state after step j (before ``callback(j)``), e.g. a consistency constraint.
+    """
+    k = len(timesteps)
+    for j, t in enumerate(timesteps):
+        a_t = float(acp[t])
+        a_prev = float(acp[timesteps[j + 1]]) if j + 1 < k else 1.0
+        beta = 1.0 - a_t / a_prev
+        _, x0 = denoise(x, t)
+        mean = (math.sqrt(a_prev) * beta / (1.0 - a_t)) * x0 + (math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a_t)) * x
+        z = noise()
+        x = mean + math.sqrt(beta * (1.0 - a_prev) / (1.0 - a_t)) * z if j + 1 < k else mean
+        if after_step is not None:
+            x = after_step(j, x)
         if callback is not None:
             callback(j)
     return x

@@ -1,4 +1,5 @@
-"""Restoration: backbones, the backbone estimate, the DifFace recipe (`restore_faces`), the whole-image pipeline."""
+"""Restoration: backbones, the backbone estimate, the DifFace recipe (`restore_faces`), DT-BFR pseudo-targets,
+the whole-image pipeline."""
 from ..lazy import lazy_exports
 
 _EXPORTS = {
@@ -6,6 +7,7 @@ _EXPORTS = {
     "restore_faces": ".difface",
     "backbone_estimate": ".estimate",
     "resize_crops": ".estimate",
+    "generate_pseudo_targets": ".pseudo_targets",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

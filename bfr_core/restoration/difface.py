@@ -57,10 +57,11 @@ from ..diffusion.timesteps import (DEFAULT_SAMPLER, DEFAULT_STRENGTH, NUM_TRAIN_
 from ..utils import ProgressCallback, luma, run_chunked
 from .estimate import Restorer, apply_backbone, resize_crops
 
-__all__ = ["restore_faces"]
+__all__ = ["face_seeds", "restore_faces"]
 
 
-def _face_seeds(seeds: Any, seed: int, n: int) -> list[int]:
+def face_seeds(seeds: Any, seed: int, n: int) -> list[int]:
+    """One non-negative int seed per face: ``seeds`` checked (list or 1-D integer tensor of n), else seed + i."""
     if seeds is None:
         seed = int(seed)
         if seed < 0:
@@ -127,7 +128,7 @@ def restore_faces(
     if steps is not None and int(steps) < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     check_eta(eta)
-    face_seeds = _face_seeds(seeds, seed, crops.shape[0])
+    per_face = face_seeds(seeds, seed, crops.shape[0])
 
     p = as_prior(prior) if prior is not None else None
     num_train = len(p.alphas_cumprod) if p is not None else NUM_TRAIN_TIMESTEPS
@@ -141,7 +142,7 @@ def restore_faces(
     if t_start == 0 and restorer is None:
         return crops.clamp(0, 1).clone()  # nothing to do: f = identity, no diffusion
 
-    run_ctx = _Run(crops, prior, p, restorer, t_start, sampler, steps, eta, timesteps, face_seeds, guidance,
+    run_ctx = _Run(crops, prior, p, restorer, t_start, sampler, steps, eta, timesteps, per_face, guidance,
                    dtype, cond)
 
     def run(start: int, n: int, report: Callable[[int], None]) -> Tensor:
