@@ -67,7 +67,8 @@ DEFAULT_LOWPASS = 16  # DT-BFR: 16 for SwinIR, 8 for other backbones
 StepHook = Callable[[int, Tensor, "Tensor | None"], None]
 
 
-def pseudo_target_timesteps(t_start: int, respacing: int = DEFAULT_RESPACING, num_train_timesteps: int = 1000) -> list[int]:
+def pseudo_target_timesteps(t_start: int, respacing: int = DEFAULT_RESPACING,
+                            num_train_timesteps: int = 1000) -> list[int]:
     """The training timesteps the prior is evaluated at: [s·t_start, s·(t_start − 1), …, s] with s = T/respacing."""
     T, r = int(num_train_timesteps), int(respacing)
     if not 1 <= r <= T or T % r:
