@@ -218,6 +218,34 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _report_unreadable(unreadable, len(targets))
 
 
+def cmd_align(args: argparse.Namespace) -> int:
+    """Aligned face crops of each photo: OUTDIR/<stem>_face<k>.png (k in the selection's order)."""
+    from .faces.align import align_faces
+    from .faces.detection.batch import detect_faces
+    from .io.images import read_image, write_image
+
+    if not str(args.output).strip():
+        raise ValueError("-o/--output is empty: name the folder for the crops")
+    args.images = _expand_inputs(args.images)
+    detector = _detector(args)
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    unreadable: list[str] = []
+    for path in args.images:
+        try:
+            img = read_image(path)
+        except (ValueError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            unreadable.append(str(path))
+            continue
+        rgb = img.rgb[None].to(args.device)
+        crops, faces = align_faces(rgb, detect_faces(detector, rgb, _options(args)), args.crop_size)
+        for k in range(len(faces)):
+            write_image(outdir / f"{Path(path).stem}_face{k}.png", crops[k].cpu(), bit_depth=img.bit_depth)
+        print(f"{path}: {len(faces)} face(s) -> {outdir}")
+    return _report_unreadable(unreadable, len(args.images))
+
+
 def cmd_pseudo_targets(args: argparse.Namespace) -> int:
     """DT-BFR pseudo-targets of aligned crops, written as they are made; existing targets are skipped (resume)."""
     from .training.pseudo_targets import write_pseudo_targets
@@ -333,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", choices=("ellipse", "square"), default="ellipse")
     p.add_argument("--color-match", choices=("none", "mean_std", "lowpass"), default="none")
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser("align", help="write the aligned face crops of photos (e.g. for pseudo-targets)")
+    _add_detect_args(p)
+    p.add_argument("-o", "--output", required=True, help="output folder (<stem>_face<k>.png per face)")
+    p.add_argument("--crop-size", type=_number(int, 64, 4096), default=512, help="aligned crop size in px (512)")
+    p.set_defaults(func=cmd_align)
     p = sub.add_parser("pseudo-targets", help="DT-BFR pseudo-targets of aligned face crops (resumable)",
                        description="The backbone's estimate of each aligned crop, diffused to --t-start of the "
                                    "250-step respacing and sampled back by the prior with ancestral steps, its "

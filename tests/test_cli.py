@@ -225,3 +225,19 @@ def test_exif_orientation_is_applied(tmp_path):
     img = read_image(tmp_path / "phone.jpg")
     assert img.rgb.shape == (3, 60, 40)  # displayed upright: 40 wide, 60 high
     assert float(img.rgb[:, :10].mean()) > 0.9  # the band is now on top
+
+
+def test_align_writes_the_crops_pseudo_targets_take(tmp_path, yunet_path, capsys):
+    src = _write(tmp_path / "group.png", cv2.imread(str(shared_path("images/whole/gfpgan_10045.png"))))
+    assert main(["align", str(src), "-o", str(tmp_path / "crops"), "--detector", str(yunet_path),
+                 "--crop-size", "128", "--max-faces", "2"]) == 0
+    crops = sorted((tmp_path / "crops").iterdir())
+    assert [p.name for p in crops] == ["group_face0.png", "group_face1.png"]
+    assert cv2.imread(str(crops[0])).shape == (128, 128, 3)
+    # the crops are the library's aligned crops (8-bit PNG round trip)
+    from bfr_core import DetectOptions, align_faces, detect_faces, load_detector
+    from bfr_core.io.images import read_image
+
+    img = read_image(src).rgb[None]
+    ref, _ = align_faces(img, detect_faces(load_detector(yunet_path), img, DetectOptions(max_faces=2)), 128)
+    assert (read_image(crops[1]).rgb - ref[1]).abs().max() <= 0.5 / 255 + 1e-6
