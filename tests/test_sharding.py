@@ -64,7 +64,9 @@ def test_two_processes_give_the_one_process_result(tmp_path, photos, yunet_path,
     assert main(_restore_args([photos[0].parent], tmp_path / "single", yunet_path)) == 0
     single = _files(tmp_path / "single")
     assert len(single) == len(photos)
-    assert "restore: 5 of 5 image(s) restored" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "restore: 5 of 5 image(s) restored" in captured.err
+    assert captured.out.count(" 1 face(s) -> ") == len(photos)  # every photo has its face restored
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("WORLD_SIZE", None)
     # Inputs given in another order to each process: the split depends on the sorted list only.
