@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 # Only torch-free modules at import time: `--help` and argument errors answer at once; the work imports the rest.
@@ -13,6 +14,7 @@ from .faces.detection.options import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES,
 from .models import files as model_files
 from .models.errors import CheckpointError
 from .utils.precision import PRECISIONS, parse_dtype
+from .utils.sharding import parse_shard, shard_from_env
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".jp2", ".pgm", ".ppm")
@@ -34,6 +36,13 @@ def _number(kind, lo=None, hi=None, zero_ok: bool = False, what: str = ""):
     return parse
 
 
+def _shard(text: str):
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _expand_inputs(paths: list[str]) -> list[str]:
     """Folders stand for the image files in them (sorted; not recursive); files are kept as given."""
     out: list[str] = []
@@ -46,6 +55,20 @@ def _expand_inputs(paths: list[str]) -> list[str]:
         else:
             out.append(p)
     return out
+
+
+def _add_licence_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--commercial-only", action="store_true", default=None,
+                   help="refuse model files the registry knows as non-commercial (e.g. DifFace's S-Lab files); "
+                        "files it does not know are used with a warning (check their licence yourself). "
+                        f"Also ${model_files.ENV_COMMERCIAL_ONLY}=1")
+
+
+def _model_path(args: argparse.Namespace, name: str) -> Path:
+    """A model file found by name or path, checked against --commercial-only / $BFR_COMMERCIAL_ONLY."""
+    path = model_files.resolve_model(name, args.models_dir)
+    model_files.check_licence(path, args.commercial_only)
+    return path
 
 
 def _add_detect_args(p: argparse.ArgumentParser) -> None:
@@ -61,13 +84,14 @@ def _add_detect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sort", choices=SORT_MODES, default="area")
     p.add_argument("--max-faces", type=_number(int, 0), default=0, help="keep at most this many faces (0 = all)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu (default cpu)")
+    _add_licence_arg(p)
 
 
 def _detector(args: argparse.Namespace):
     from .faces.detection.loading import load_detector
 
     name = DETECTOR_ALIASES.get(args.detector, args.detector)
-    return load_detector(model_files.resolve_model(name, args.models_dir), device=args.device)
+    return load_detector(_model_path(args, name), device=args.device)
 
 
 def _options(args: argparse.Namespace) -> DetectOptions:
@@ -121,7 +145,7 @@ def _face_restorer(args: argparse.Namespace):
     dtype = parse_dtype(args.dtype)
     backbone = None
     if args.restorer != "none":
-        backbone = load_restorer(model_files.resolve_model(args.restorer, args.models_dir), device=args.device,
+        backbone = load_restorer(_model_path(args, args.restorer), device=args.device,
                                  dtype=dtype)
     if args.prior is None:
         if args.recognizer:
@@ -134,13 +158,13 @@ def _face_restorer(args: argparse.Namespace):
         return FaceRestorer(backbone=backbone, batch_size=args.batch_size, progress=_print_progress)
     from .diffusion.loading import load_prior
 
-    prior = load_prior(model_files.resolve_model(args.prior, args.models_dir), device=args.device, dtype=dtype)
+    prior = load_prior(_model_path(args, args.prior), device=args.device, dtype=dtype)
     identity = None
     if args.recognizer:
         from .identity import load_recognizer
         from .identity.settings import IdentitySettings
 
-        recognizer = load_recognizer(model_files.resolve_model(args.recognizer, args.models_dir), device=args.device)
+        recognizer = load_recognizer(_model_path(args, args.recognizer), device=args.device)
         import torch
 
         reference = (torch.cat([_largest_face(recognizer, path, args) for path in args.reference])
@@ -173,7 +197,7 @@ def _largest_face(recognizer, path: str, args: argparse.Namespace):
 def cmd_similarity(args: argparse.Namespace) -> int:
     from .identity import load_recognizer
 
-    recognizer = load_recognizer(model_files.resolve_model(args.recognizer, args.models_dir), device=args.device)
+    recognizer = load_recognizer(_model_path(args, args.recognizer), device=args.device)
     a, b = _largest_face(recognizer, args.a, args), _largest_face(recognizer, args.b, args)
     print(f"{float((a * b).sum()):.4f}")
     return 0
@@ -202,8 +226,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
             raise ValueError(f"{target} would overwrite an input or another result; choose another -o folder")
         taken.add(target.resolve())
         targets.append(target)
+    # This process's share (all of it unless sharded): the same sorted split in every process, checked above on all.
+    shard = args.shard or shard_from_env()
+    work = shard.take(list(zip(args.images, targets)), key=lambda pair: str(pair[0]))
+    skip_existing = shard.sharded if args.skip_existing is None else args.skip_existing
     unreadable: list[str] = []
-    for path, target in zip(args.images, targets):
+    done = faces = skipped = 0
+    start = time.perf_counter()
+    for path, target in work:
+        if skip_existing and target.exists():  # results are written atomically: an existing one is complete
+            skipped += 1
+            continue
         try:
             img = read_image(path)
         except (ValueError, OSError) as exc:  # one unreadable photo must not stop a whole folder
@@ -215,7 +248,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
                              crop_size=crop_size, seed=args.seed)
         write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
         print(f"{path}: {len(res.faces)} face(s) -> {target}")
-    return _report_unreadable(unreadable, len(targets))
+        done += 1
+        faces += len(res.faces)
+    _report_throughput(shard, len(work), done, faces, skipped, time.perf_counter() - start)
+    return _report_unreadable(unreadable, len(work))
+
+
+def _report_throughput(shard, planned: int, done: int, faces: int, skipped: int, seconds: float) -> None:
+    """One line per process on stderr: what it restored and how fast (model loading excluded)."""
+    rate = (lambda n: f"{n / seconds:.3g}") if seconds > 0 else (lambda n: "-")
+    label = f"shard {shard}" if shard.sharded else "restore"
+    print(f"{label}: {done} of {planned} image(s) restored ({skipped} already done), {faces} face(s) in "
+          f"{seconds:.1f} s: {rate(done)} images/s, {rate(faces)} faces/s", file=sys.stderr)
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -360,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: the input's own identity)")
     p.add_argument("--mask", choices=("ellipse", "square"), default="ellipse")
     p.add_argument("--color-match", choices=("none", "mean_std", "lowpass"), default="none")
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="restore only this process's share of the inputs: the sorted inputs, every N-th from the "
+                        "I-th (0-based); run I = 0..N-1 anywhere, the union equals one run. Default: RANK/"
+                        "WORLD_SIZE when set (torchrun, accelerate launch), else everything")
+    p.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=None,
+                   help="skip inputs whose result already exists (resume after a crash; results are written "
+                        "whole or not at all). Default: on when sharded, off otherwise")
     p.set_defaults(func=cmd_restore)
     p = sub.add_parser("align", help="write the aligned face crops of photos (e.g. for pseudo-targets)")
     _add_detect_args(p)
@@ -399,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_number(float, 0.0, 1.0), default=0.6)
     p.add_argument("--models-dir")
     p.add_argument("--device", default="cpu")
+    _add_licence_arg(p)
     p.set_defaults(func=cmd_similarity)
     p = sub.add_parser("models", help="list known model files and whether they are found")
     p.add_argument("--models-dir")

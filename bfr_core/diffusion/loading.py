@@ -24,6 +24,7 @@ from torch import nn
 from ..archs.iddpm_unet import IDDPMUNet, IDDPMUNetConfig, infer_iddpm_config, is_iddpm_state_dict
 from ..archs.registry import load_architecture
 from ..models.checkpoint import CheckpointError
+from ..models.files import check_licence
 from .priors import DiffusersUNetAdapter, DiffusionPrior
 from .schedules import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
 
@@ -139,6 +140,7 @@ def load_prior(
     CPU convolutions; outputs stay NCHW). Raises `CheckpointError` (naming the file) for a
     missing, truncated or foreign file.
     """
+    check_licence(path)  # $BFR_COMMERCIAL_ONLY
     prior = _load_prior(path, device, dtype, config, sample_size)
     if channels_last:
         nn.Module.to(prior.model, memory_format=torch.channels_last)

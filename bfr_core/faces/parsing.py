@@ -67,6 +67,9 @@ class FaceParser:
 def load_face_parser(path: str | os.PathLike, device: torch.device | str = "cpu") -> FaceParser:
     """Load `parsing_bisenet.pth` or `parsing_parsenet.pth` (facexlib layout) without any download."""
     from ..archs.registry import load_architecture
+    from ..models.files import check_licence
+
+    check_licence(path)  # $BFR_COMMERCIAL_ONLY
 
     loaded = load_architecture(path, "parser", expected="facexlib face-parsing (parsing_bisenet.pth / parsing_parsenet.pth)",
                                hint="Put parsing_bisenet.pth in ComfyUI/models/facedetection.")

@@ -34,6 +34,7 @@ from ..faces.warp import shrink_antialiased, warp_affine
 from ..archs.iresnet import INPUT_SIZE, IResNet, IRSEBackbone, stage_counts
 from ..archs.registry import load_architecture
 from ..models.checkpoint import CheckpointError, load_state_dict
+from ..models.files import check_licence
 from ..models.holder import ModelHolder
 
 # insightface's 5-point template for 112×112 ArcFace crops (`arcface_dst` of face_align.norm_crop):
@@ -155,6 +156,7 @@ def load_recognizer(path: str | os.PathLike, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> Recognizer:
     """Load an ArcFace recognizer (.pth / .pt / .safetensors / .onnx) onto `device` in `dtype`."""
     path = Path(path)
+    check_licence(path)  # $BFR_COMMERCIAL_ONLY
     try:
         if path.suffix.lower() == ".onnx":
             if not path.is_file():

@@ -16,6 +16,8 @@ _EXPORTS = {
     "ModelFile": ".files",
     "find_model": ".files",
     "resolve_model": ".files",
+    "check_licence": ".files",
+    "LicenceError": ".files",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,12 +9,15 @@ import hashlib
 import os
 import shutil
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..io.atomic import publish, temp_beside
 
 ENV_MODELS_DIR = "BFR_MODELS_DIR"
+ENV_COMMERCIAL_ONLY = "BFR_COMMERCIAL_ONLY"  # 1/true/yes/on: refuse known non-commercial model files
+LICENCE_KINDS = ("permissive", "non-commercial")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,18 @@ class ModelFile:
     sha256: str | None = None  # None: not pinned yet (see `download`)
     size: int | None = None
     description: str = ""
+    # Machine-readable class of `licence`: "permissive" (commercial use allowed) or "non-commercial".
+    licence_kind: str = "permissive"
+    alternative: str = ""  # for non-commercial files: what to use instead where commercial use matters
+
+    def __post_init__(self) -> None:
+        if self.licence_kind not in LICENCE_KINDS:
+            raise ValueError(f"{self.name}: licence_kind {self.licence_kind!r} is not one of {LICENCE_KINDS}")
+
+    @property
+    def commercial(self) -> bool:
+        """Whether the file's licence allows commercial use."""
+        return self.licence_kind == "permissive"
 
 
 REGISTRY: dict[str, ModelFile] = {m.name: m for m in [
@@ -52,10 +67,27 @@ REGISTRY: dict[str, ModelFile] = {m.name: m for m in [
               "MIT (facexlib)", None, None, "ArcFace IR-SE50 for identity guidance and similarity"),
     ModelFile("iddpm_ffhq512_ema500000.pth", "facerestore_models", "prior",
               "https://github.com/zsyOAOA/DifFace/releases/download/V1.0/iddpm_ffhq512_ema500000.pth",
-              "S-Lab License 1.0 (non-commercial)", None, None, "DifFace face diffusion prior (iDDPM, 512)"),
+              "S-Lab License 1.0 (non-commercial)", None, None, "DifFace face diffusion prior (iDDPM, 512)",
+              "non-commercial", "no diffusion prior (the restoration backbone alone), or a diffusers UNet folder whose licence "
+              "allows commercial use (e.g. google/ddpm-ema-celebahq-256: Apache-2.0 per its model card; it was "
+              "trained on CelebA-HQ, check that dataset's terms)"),
     ModelFile("swinir_restoration512_L1.pth", "facerestore_models", "restorer",
               "https://github.com/zsyOAOA/DifFace/releases/download/V1.0/swinir_restoration512_L1.pth",
-              "S-Lab License 1.0 (non-commercial)", None, None, "DifFace SwinIR restoration backbone"),
+              "S-Lab License 1.0 (non-commercial)", None, None, "DifFace SwinIR restoration backbone",
+              "non-commercial", "no backbone (restorer none: the aligned crop itself), or a spandrel restorer whose licence "
+              "allows commercial use"),
+]}
+
+
+# Files the pack uses but does not distribute (bring your own): known only for their licence, never downloaded.
+_INSIGHTFACE_ALT = "recognition_arcface_ir_se50.pth (facexlib, MIT) as the recognizer"
+LICENCE_ONLY: dict[str, ModelFile] = {m.name: m for m in [
+    ModelFile("glintr100.onnx", "insightface", "recognizer", "", "insightface antelopev2: non-commercial research only",
+              description="ArcFace R100 (insightface antelopev2)", licence_kind="non-commercial",
+              alternative=_INSIGHTFACE_ALT),
+    ModelFile("w600k_r50.onnx", "insightface", "recognizer", "", "insightface buffalo_l: non-commercial research only",
+              description="ArcFace R50 (insightface buffalo_l)", licence_kind="non-commercial",
+              alternative=_INSIGHTFACE_ALT),
 ]}
 
 
@@ -67,6 +99,62 @@ def expectation_hint(path: str | os.PathLike) -> str:
     sha = f"expected sha256 {entry.sha256}" if entry.sha256 else "sha256 not pinned in this release"
     return (f" ({entry.name}: {sha}; it belongs in <ComfyUI>/models/{entry.folder}/ or <--models-dir>/{entry.folder}/; "
             f"re-fetch with `python -m bfr_core download {entry.name}`)")
+
+
+def commercial_only_from_env() -> bool:
+    """`$BFR_COMMERCIAL_ONLY` as a switch: 1/true/yes/on → True; unset, empty, 0/false/no/off → False."""
+    raw = os.environ.get(ENV_COMMERCIAL_ONLY, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"${ENV_COMMERCIAL_ONLY}={raw!r}: use 1 (commercial use only) or 0")
+
+
+def registry_entry(path: str | os.PathLike) -> ModelFile | None:
+    """The entry (`REGISTRY` or `LICENCE_ONLY`) a file is known as: by file name, else by stem (a .safetensors copy
+    of a known .pth)."""
+    p = Path(path)
+    known = {**REGISTRY, **LICENCE_ONLY}
+    entry = known.get(p.name)
+    if entry is None:
+        entry = next((m for m in known.values() if Path(m.name).stem == p.stem and p.stem), None)
+    return entry
+
+
+_WARNED_UNKNOWN: set[str] = set()  # warn once per file and process (the CLI and the loader both check)
+
+
+class LicenceError(ValueError):
+    """A model file's licence does not allow commercial use and commercial-only mode is on."""
+
+
+def check_licence(path: str | os.PathLike, commercial_only: bool | None = None) -> ModelFile | None:
+    """Refuse a known non-commercial model file in commercial-only mode; warn for a file the registry does not know.
+
+    `commercial_only=None` reads `$BFR_COMMERCIAL_ONLY` (how the ComfyUI nodes get the switch). Files are known
+    by name (or by stem: a converted copy keeps its licence); a renamed file is not recognised. Returns the
+    registry entry (or None). Every loader calls this with the path it is given.
+    """
+    if commercial_only is None:
+        commercial_only = commercial_only_from_env()
+    entry = registry_entry(path)
+    if not commercial_only:
+        return entry
+    if entry is None:
+        key = os.path.abspath(path)
+        if key in _WARNED_UNKNOWN:
+            return None
+        _WARNED_UNKNOWN.add(key)
+        warnings.warn(f"commercial-only mode: {Path(path).name} is not in the registry of known model files, so its "
+                      f"licence is unknown; check it yourself before commercial use ({path})", stacklevel=2)
+        return None
+    if not entry.commercial:
+        copy = "" if Path(path).name == entry.name else f" (a copy of {entry.name})"
+        raise LicenceError(f"commercial-only mode: {Path(path).name}{copy} is licensed {entry.licence}, which does not "
+                           f"allow commercial use. Use instead: {entry.alternative or 'a file licensed for it'}. "
+                           f"(Unset ${ENV_COMMERCIAL_ONLY} / drop --commercial-only for non-commercial work.)")
+    return entry
 
 
 def comfy_models_dir(start: Path | None = None) -> Path | None:

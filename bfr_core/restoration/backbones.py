@@ -40,6 +40,7 @@ from torch import Tensor
 from ..archs.registry import load_architecture
 from ..archs.swinir import is_swinir_state_dict, load_swinir  # noqa: F401  (kept importable from here)
 from ..models.checkpoint import CheckpointError, CheckpointOrigin, checkpoint_origin
+from ..models.files import check_licence
 from ..utils.tensors import resize_antialiased
 
 EXPECTED_KIND = ("face-restoration backbone spandrel can load (DifFace SwinIR swinir_restoration512_L1.pth, "
@@ -205,6 +206,7 @@ def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "
     """
     if path is None or (isinstance(path, str) and path.strip().lower() in ("", "none")):
         return IdentityRestorer()
+    check_licence(path)  # $BFR_COMMERCIAL_ONLY
     try:
         spandrel = _import_spandrel()
     except ImportError as exc:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..types import FaceDetections
+from ...models.files import check_licence
 
 
 class FaceDetector(Protocol):
@@ -23,6 +24,7 @@ def load_detector(path: str | os.PathLike, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32) -> FaceDetector:
     """Load a detector by file type: `.onnx` → YuNet (OpenCV), `.pth/.safetensors` → RetinaFace."""
     path = Path(path)
+    check_licence(path)  # $BFR_COMMERCIAL_ONLY
     if path.suffix.lower() == ".onnx":
         from .yunet import YuNetDetector
 

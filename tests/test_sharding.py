@@ -1,0 +1,106 @@
+"""Archive restoration across processes: `restore --shard I/N` (or RANK/WORLD_SIZE) splits the sorted inputs
+deterministically, the union of the shards' results is byte-identical to one process, and `--skip-existing`
+resumes a crashed run."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from bfr_core.cli import main
+from bfr_core.utils.sharding import Shard, parse_shard, shard_from_env
+from conftest import ROOT, shared_path
+
+
+def test_shards_are_disjoint_cover_everything_and_ignore_input_order():
+    items = [f"img_{i:02d}.png" for i in range(11)]
+    for n in (1, 2, 3, 5, 12):
+        parts = [Shard(i, n).take(items) for i in range(n)]
+        assert sorted(x for p in parts for x in p) == sorted(items)
+        assert sum(map(len, parts)) == len(items)
+        assert [Shard(i, n).take(list(reversed(items))) for i in range(n)] == parts
+    assert parse_shard("1/3") == Shard(1, 3) and str(Shard(1, 3)) == "1/3"
+    for bad in ("3/3", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+    assert shard_from_env({}) == Shard(0, 1)
+    assert shard_from_env({"RANK": "1", "WORLD_SIZE": "2"}) == Shard(1, 2)
+    with pytest.raises(ValueError):
+        shard_from_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+@pytest.fixture
+def photos(tmp_path) -> list[Path]:
+    """Five small photos with one face each (the aligned test faces on a border, and a smaller Blake Lively)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    out = []
+    for src in sorted(shared_path("images/aligned512").glob("*.png")):
+        img = cv2.resize(cv2.imread(str(src)), (160, 160), interpolation=cv2.INTER_AREA)
+        img = cv2.copyMakeBorder(img, 40, 40, 30, 30, cv2.BORDER_REFLECT)
+        out.append(folder / src.name)
+        cv2.imwrite(str(out[-1]), img)
+    blake = cv2.imread(str(shared_path("images/whole/gfpgan_Blake_Lively.jpg")))
+    out.append(folder / "blake.png")
+    cv2.imwrite(str(out[-1]), cv2.resize(blake, (350, 232), interpolation=cv2.INTER_AREA))
+    return out
+
+
+def _restore_args(inputs, out: Path, yunet_path: Path) -> list[str]:
+    return ["restore", *map(str, inputs), "-o", str(out), "--detector", str(yunet_path),
+            "--prior", str(shared_path("models/tiny_ddpm_lfw32")), "--strength", "0.3", "--steps", "2",
+            "--crop-size", "128", "--seed", "3"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+def test_two_processes_give_the_one_process_result(tmp_path, photos, yunet_path, capsys):
+    assert main(_restore_args([photos[0].parent], tmp_path / "single", yunet_path)) == 0
+    single = _files(tmp_path / "single")
+    assert len(single) == len(photos)
+    captured = capsys.readouterr()
+    assert "restore: 5 of 5 image(s) restored" in captured.err
+    lines = [line for line in captured.out.splitlines() if " face(s) -> " in line]
+    assert len(lines) == len(photos) and not any(": 0 face(s)" in line for line in lines)  # faces in every photo
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    # Inputs given in another order to each process: the split depends on the sorted list only.
+    procs = [subprocess.Popen([sys.executable, "-m", "bfr_core",
+                               *_restore_args(photos[::1 - 2 * i], tmp_path / "sharded", yunet_path),
+                               "--shard", f"{i}/2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    assert "shard 0/2: 3 of 3 image(s) restored" in results[0][1]
+    assert "shard 1/2: 2 of 2 image(s) restored" in results[1][1]
+    assert "images/s" in results[0][1] and "faces/s" in results[1][1]
+    written = [{line.split(" -> ")[1] for line in out.splitlines() if " -> " in line} for out, _ in results]
+    assert not written[0] & written[1] and len(written[0] | written[1]) == len(photos)
+    assert _files(tmp_path / "sharded") == single  # byte-identical
+
+
+def test_a_crashed_shard_resumes_where_it_stopped(tmp_path, photos, yunet_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setenv("RANK", "0")  # as torchrun / accelerate launch set them
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(_restore_args(photos, out, yunet_path)) == 0
+    first = _files(out)
+    assert len(first) == 3 and "shard 0/2: 3 of 3" in capsys.readouterr().err
+    victim = sorted(first)[1]
+    (out / victim).unlink()  # as if the process had died before writing it
+    stale = os.stat(out / sorted(first)[0]).st_mtime_ns
+    assert main(_restore_args(photos, out, yunet_path)) == 0
+    assert "shard 0/2: 1 of 3 image(s) restored (2 already done)" in capsys.readouterr().err
+    assert _files(out) == first and os.stat(out / sorted(first)[0]).st_mtime_ns == stale
+    assert main(_restore_args(photos, out, yunet_path) + ["--no-skip-existing"]) == 0
+    assert "3 of 3 image(s) restored (0 already done)" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    assert main(_restore_args(photos, out, yunet_path) + ["--skip-existing"]) == 0  # one process, asked to resume
+    assert "restore: 2 of 5 image(s) restored (3 already done)" in capsys.readouterr().err
