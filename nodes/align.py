@@ -11,7 +11,7 @@ from ..bfr_core.faces.parsing import load_face_parser
 from ..bfr_core.faces.paste import COLOR_MATCH_MODES, paste_faces
 from ..bfr_core.restoration.pipeline import PasteOptions, crop_masks
 from ..bfr_core.utils.layout import merge_alpha, split_alpha
-from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw, to_bhwc
+from .comfy_glue import Progress, list_models, log, model_path, on_device, search_aliases, to_bchw, to_bhwc
 
 MASK_MODES = ("ellipse", "square", "parsing")
 
@@ -22,6 +22,7 @@ class BFRAlignFaces:
                    "before BFR Paste Faces puts them back. With no faces, one blank placeholder crop is output "
                    "(paste ignores it) so downstream nodes keep working.")
     CATEGORY = "face restore/BFR"
+    SEARCH_ALIASES = search_aliases("align faces", "crop faces", "face crop", "ffhq")
     RETURN_TYPES = ("IMAGE", "BFR_FACES")
     RETURN_NAMES = ("crops", "faces")
     OUTPUT_TOOLTIPS = ("Aligned face crops, one per face.", "Where each crop came from, for BFR Paste Faces.")
@@ -75,6 +76,7 @@ class BFRPasteFaces:
                    "optional colour matching, and order-independent blending of overlapping faces. Also outputs "
                    "the pasted-face mask.")
     CATEGORY = "face restore/BFR"
+    SEARCH_ALIASES = search_aliases("paste faces", "paste back", "uncrop faces", "face mask")
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("image", "mask")
     OUTPUT_TOOLTIPS = ("The images with the faces pasted back.", "Where faces were pasted (1 = restored face).")

@@ -12,6 +12,17 @@ from ..bfr_core.utils.precision import parse_dtype
 
 log = logging.getLogger("bfr_nodes")
 
+# Words that find the pack's nodes in ComfyUI's node search (V1 nodes: the SEARCH_ALIASES class attribute, which
+# server.py's node_info sends as `search_aliases`). Other packs' model names are here because people search for
+# face restoration by them; this pack loads GFPGAN as a backbone, not CodeFormer.
+PACK_SEARCH_ALIASES = ("face restore", "restore faces", "face restoration", "blind face restoration", "bfr",
+                       "difface", "gfpgan", "codeformer", "face fix")
+
+
+def search_aliases(*extra: str) -> list[str]:
+    """The pack's search words plus a node's own."""
+    return [*PACK_SEARCH_ALIASES, *extra]
+
 # ComfyUI's community folder names (DESIGN.md §3); each is merged, never overwritten.
 MODEL_FOLDERS = {
     "facedetection": {".onnx", ".pth", ".pt", ".safetensors"},
@@ -58,7 +69,12 @@ def model_path(folder: str, name: str) -> str:
 
     path = folder_paths.get_full_path(folder, name)
     if path is None:
-        raise FileNotFoundError(f"{name} not found in ComfyUI/models/{folder}; put the file there and refresh")
+        try:
+            searched = ", ".join(folder_paths.folder_names_and_paths[folder][0])
+        except (KeyError, IndexError, TypeError):
+            searched = ""
+        raise FileNotFoundError(f"{name} not found in ComfyUI/models/{folder}" + (f" (searched: {searched})" if
+                                searched else "") + "; put the file there and refresh (R) the page")
     return path
 
 

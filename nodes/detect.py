@@ -7,7 +7,7 @@ import torch
 from ..bfr_core.faces.detection import SELECT_MODES, SORT_MODES, load_detector
 from ..bfr_core.faces.detection.batch import DetectOptions, detect_faces
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw
+from .comfy_glue import Progress, list_models, log, model_path, on_device, search_aliases, to_bchw
 
 DETECTOR_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
 
@@ -23,8 +23,10 @@ class BFRLoadFaceDetector:
                    "(face_detection_yunet_2023mar.onnx, fast, CPU) or RetinaFace (detection_Resnet50_Final.pth, "
                    "detection_mobilenet0.25_Final.pth, the files facexlib-based packs already use).")
     CATEGORY = "face restore/BFR"
+    SEARCH_ALIASES = search_aliases("face detection", "detector", "yunet", "retinaface")
     RETURN_TYPES = ("BFR_DETECTOR",)
     RETURN_NAMES = ("detector",)
+    OUTPUT_TOOLTIPS = ("The face detector, for BFR Detect Faces, BFR Restore Faces or BFR Identity Guidance.",)
     FUNCTION = "load"
 
     @classmethod
@@ -72,6 +74,7 @@ class BFRDetectFaces:
                    "for BFR Align Faces and a preview with boxes, 5 landmarks and the face index used by "
                    "'indices'.")
     CATEGORY = "face restore/BFR"
+    SEARCH_ALIASES = search_aliases("face detection", "detect faces", "find faces")
     RETURN_TYPES = ("BFR_DETECTIONS", "IMAGE", "INT")
     RETURN_NAMES = ("detections", "preview", "face_count")
     OUTPUT_TOOLTIPS = ("Faces per image, for BFR Align Faces.", "The image with detections drawn.",
@@ -106,7 +109,10 @@ class BFRDetectFaces:
         dets = run_detection(detector, images, opts)
         total = sum(len(d) for d in dets)
         if total == 0:
-            log.info("BFR Detect Faces: no faces kept in %d image(s)", images.shape[0])
+            # Not "no faces found": faces may have been found and dropped by the selection (the library then
+            # warns with the reason, e.g. an index out of range).
+            log.info("BFR Detect Faces: no face kept in %d image(s) (none detected, or none passed the threshold, "
+                     "minimum size and selection)", images.shape[0])
         rgb = split_alpha(images)[0].movedim(1, -1).cpu().numpy()
         preview = torch.from_numpy(np.stack([draw_detections(rgb[b], dets[b]) for b in range(len(dets))]))
         return (dets, preview, total)

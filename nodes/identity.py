@@ -6,22 +6,53 @@ import os
 import torch
 
 from ..bfr_core.identity import load_recognizer
+from ..bfr_core.identity.recognizers import (DEFAULT_RECOGNIZER, DEFAULT_RECOGNIZER_FOLDER, FOLDER_HINT,
+                                             recognizer_spellings)
 from ..bfr_core.identity.references import embed_reference_faces
 from ..bfr_core.identity.settings import IdentitySettings
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import list_models, model_path, on_device, resolve_dtype, to_bchw
+from .comfy_glue import list_models, model_path, on_device, resolve_dtype, search_aliases, to_bchw
 
 RECOGNIZER_FOLDERS = ("insightface", "facerestore_models")
 RECOGNIZER_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
+DEFAULT_CHOICE = f"{DEFAULT_RECOGNIZER_FOLDER}:{DEFAULT_RECOGNIZER}"
 CATEGORY = "face restore/BFR"
 
 
 def _recognizer_files() -> list[str]:
-    """`folder:file` entries: ONNX/torch files in models/insightface, ArcFace-named files in facerestore_models."""
-    out = [f"insightface:{f}" for f in list_models("insightface", RECOGNIZER_SUFFIXES)]
-    out += [f"facerestore_models:{f}" for f in list_models("facerestore_models", RECOGNIZER_SUFFIXES)
-            if looks_like_recognizer(f)]
-    return sorted(set(out)) or ["insightface:antelopev2/glintr100.onnx"]
+    """`folder:file` entries: ONNX/torch files in models/insightface, ArcFace-named files in facerestore_models.
+
+    The default (facexlib's MIT IR-SE50 in facerestore_models) comes first. A file in insightface's own layout
+    (`models/insightface/models/<pack>/<file>`) is also listed as `insightface:<pack>/<file>`, the spelling
+    workflows saved by earlier versions hold, so they still validate; both spellings load the same file.
+    """
+    insight = list_models("insightface", RECOGNIZER_SUFFIXES)
+    out = {f"insightface:{f}" for f in insight}
+    out |= {f"insightface:{recognizer_spellings(f)[1]}" for f in insight if f.startswith("models/")}
+    out |= {f"facerestore_models:{f}" for f in list_models("facerestore_models", RECOGNIZER_SUFFIXES)
+            if looks_like_recognizer(f)}
+    if not out:  # a placeholder that says what to put where; loading it names the folder
+        return [DEFAULT_CHOICE]
+    return sorted(out, key=lambda c: (c != DEFAULT_CHOICE, not c.endswith("/" + DEFAULT_RECOGNIZER), c))
+
+
+def recognizer_path(model_name: str) -> str:
+    """Absolute path of a `folder:file` choice, trying both insightface layouts (and both folders for a bare
+    file name, as API callers may send); a clear error naming the folders when the file is in none."""
+    folder, sep, name = model_name.partition(":")
+    if not sep:
+        folder, name = "", model_name
+    folders = [folder] if folder else list(RECOGNIZER_FOLDERS)
+    for f in folders:
+        names = recognizer_spellings(name) if f == "insightface" else [name]
+        for n in names:
+            try:
+                return model_path(f, n)
+            except FileNotFoundError:
+                continue
+    where = " or ".join(f"ComfyUI/models/{f}" for f in folders)
+    raise FileNotFoundError(f"face recognizer {name} not found in {where}. {FOLDER_HINT} Put the file there and "
+                            f"refresh (R) the page.")
 
 
 def looks_like_recognizer(name: str) -> bool:
@@ -31,32 +62,37 @@ def looks_like_recognizer(name: str) -> bool:
 
 
 class BFRLoadFaceRecognizer:
-    DESCRIPTION = ("Loads an ArcFace face recognizer for identity guidance and similarity: insightface "
+    DESCRIPTION = ("Loads an ArcFace face recognizer for identity guidance and similarity: facexlib's "
+                   "recognition_arcface_ir_se50.pth in models/facerestore_models (MIT, the default), insightface "
                    "ONNX models you keep for other packs (antelopev2/glintr100.onnx, buffalo_l/w600k_r50.onnx in "
-                   "models/insightface), arcface_torch backbone.pth (iresnet18-100) or facexlib's "
-                   "recognition_arcface_ir_se50.pth. ONNX files are converted to PyTorch so gradients flow "
-                   "(needs the onnx package).")
+                   "models/insightface/<pack>/ or models/insightface/models/<pack>/; non-commercial) or an "
+                   "arcface_torch backbone.pth (iresnet18-100). ONNX files are converted to PyTorch so gradients "
+                   "flow (needs the optional onnx package).")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = search_aliases("arcface", "insightface", "identity", "face recognition")
     RETURN_TYPES = ("BFR_RECOGNIZER",)
     RETURN_NAMES = ("recognizer",)
+    OUTPUT_TOOLTIPS = ("The ArcFace recognizer, for BFR Identity Guidance and BFR Face Similarity.",)
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
+        files = _recognizer_files()
         return {"required": {
-            "model_name": (_recognizer_files(), {"tooltip": "Recognizer file: models/insightface/... or an "
-                                                            "ArcFace file in models/facerestore_models."}),
+            "model_name": (files, {"default": files[0],
+                                   "tooltip": "Recognizer file. Default: facexlib's recognition_arcface_ir_se50.pth "
+                                              "(MIT) in models/facerestore_models. insightface files are found in "
+                                              "models/insightface/<pack>/ and models/insightface/models/<pack>/."}),
             "dtype": (["fp32", "fp16", "bf16"], {"default": "fp32", "tooltip": "Weights precision (fp32 is safe "
                                                                              "everywhere; half saves memory on GPUs)."}),
         }}
 
     def load(self, model_name, dtype):
-        folder, _, name = model_name.partition(":")
         dt = resolve_dtype(dtype)
         # Outside inference mode: guidance back-propagates through these weights, and tensors made under
         # ComfyUI's torch.inference_mode() cannot be saved for backward.
         with torch.inference_mode(False):
-            return (load_recognizer(model_path(folder, name), device="cpu", dtype=dt),)
+            return (load_recognizer(recognizer_path(model_name), device="cpu", dtype=dt),)
 
 
 class BFRIdentityGuidance:
@@ -65,8 +101,11 @@ class BFRIdentityGuidance:
                    "only inside a mask (eyes, nose, mouth by default). Target: the backbone's estimate of the "
                    "same face (blind), or the mean identity of reference photos.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = search_aliases("identity", "clr-face", "arcface", "keep identity")
     RETURN_TYPES = ("BFR_GUIDANCE",)
     RETURN_NAMES = ("guidance",)
+    OUTPUT_TOOLTIPS = ("Identity guidance settings, for the guidance input of BFR Diffusion Restore or BFR Restore "
+                       "Faces.",)
     FUNCTION = "build"
 
     @classmethod
@@ -114,8 +153,11 @@ class BFRFaceSimilarity:
                    "crops and restored crops): pair i with i, or one face against all. Higher = more alike "
                    "(same person is typically > 0.4 with a trained ArcFace).")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = search_aliases("identity", "similarity", "arcface", "compare faces")
     RETURN_TYPES = ("FLOAT", "STRING")
     RETURN_NAMES = ("similarity", "report")
+    OUTPUT_TOOLTIPS = ("Cosine similarity per face pair (a list: one FLOAT per pair).",
+                       "The similarities as text, one line per face and their mean.")
     OUTPUT_IS_LIST = (True, False)
     FUNCTION = "compare"
 

@@ -15,12 +15,16 @@ from ..bfr_core.restoration.backbones import load_restorer
 from ..bfr_core.restoration.pipeline import PasteOptions, restore_images
 from ..bfr_core.restoration.restorer import FaceRestorer
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw,
-                         to_bhwc)
+from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, search_aliases,
+                         to_bchw, to_bhwc)
 from .detect import run_detection
 from .identity import looks_like_recognizer
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
+# Shown when models/facerestore_models holds no such file: the name says what to put where, and loading it
+# raises an error naming the folder (instead of ComfyUI's bare "Value not in list").
+DEFAULT_PRIOR = "iddpm_ffhq512_ema500000.pth"
+DEFAULT_RESTORER = "swinir_restoration512_L1.pth"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 CATEGORY = "face restore/BFR"
 
@@ -45,15 +49,17 @@ class BFRLoadDiffusionPrior:
                    "iddpm_ffhq512_ema500000.pth (as released, or converted to .safetensors), or a diffusers "
                    "UNet2DModel folder (pick its diffusion_pytorch_model file).")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = search_aliases("diffusion prior", "iddpm", "ddpm", "face prior")
     RETURN_TYPES = ("BFR_PRIOR",)
     RETURN_NAMES = ("prior",)
+    OUTPUT_TOOLTIPS = ("The face diffusion prior, for BFR Diffusion Restore or BFR Restore Faces.",)
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
         # Likely priors first, so the default is one (the folder also holds backbones and recognizers).
         files = sorted(list_models("facerestore_models", WEIGHT_SUFFIXES), key=lambda f: (not _looks_like_prior(f), f))
-        files = files or ["iddpm_ffhq512_ema500000.pth"]
+        files = files or [DEFAULT_PRIOR]
         return {"required": {
             "model_name": (files, {"tooltip": "The prior's weights in ComfyUI/models/facerestore_models."}),
             "dtype": (list(DTYPES), {"default": "auto",
@@ -64,20 +70,28 @@ class BFRLoadDiffusionPrior:
         return (load_prior(_prior_path(model_name), device="cpu", dtype=resolve_dtype(dtype)),)
 
 
+def _restorer_files() -> list[str]:
+    files = [f for f in list_models("facerestore_models", WEIGHT_SUFFIXES)
+             if not _looks_like_prior(f) and not looks_like_recognizer(f)]
+    return files or [DEFAULT_RESTORER]
+
+
 class BFRLoadRestorer:
     DESCRIPTION = ("Loads the restoration backbone whose estimate the prior refines: DifFace's "
                    "swinir_restoration512_L1.pth, or GFPGAN v1.4 / RestoreFormer++ files you already have "
                    "(loaded through spandrel). 'none' uses the low-quality crop itself.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = search_aliases("restorer", "backbone", "swinir", "restoreformer", "face restore model")
     RETURN_TYPES = ("BFR_RESTORER",)
     RETURN_NAMES = ("restorer",)
+    OUTPUT_TOOLTIPS = ("The restoration backbone (or none), for the restorer input of BFR Diffusion Restore or "
+                       "BFR Restore Faces.",)
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (["none"] + [f for f in list_models("facerestore_models", WEIGHT_SUFFIXES)
-                                       if not _looks_like_prior(f) and not looks_like_recognizer(f)],
+            "model_name": (["none"] + _restorer_files(),
                            {"tooltip": "Backbone weights in ComfyUI/models/facerestore_models, or none."}),
             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weights precision (falls back to fp32 for "
                                                                    "models without half-precision support)."}),
@@ -147,6 +161,7 @@ class BFRDiffusionRestore:
                    "noised to an intermediate step set by 'strength' and denoised by the prior. All faces of all "
                    "images run batched.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = search_aliases("diffusion restore", "restore crops", "ddim")
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("crops",)
     OUTPUT_TOOLTIPS = ("Restored crops, same order and size as the input.",)
@@ -184,8 +199,11 @@ class BFRRestoreFaces:
     DESCRIPTION = ("All in one: detect every face, align, restore with the diffusion prior, paste back. "
                    "Outputs the image and the mask of restored faces. Images without faces pass through.")
     CATEGORY = CATEGORY
+    SEARCH_ALIASES = search_aliases("all in one", "restore photo", "face enhance", "face upscale")
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("image", "mask")
+    OUTPUT_TOOLTIPS = ("The images with every restored face pasted back (unchanged where no face was found).",
+                       "Where faces were restored (1 = restored face).")
     FUNCTION = "restore"
 
     @classmethod
@@ -219,6 +237,7 @@ class BFRRestoreFaces:
             res = restore_images(images, None, face_restorer, paste=PasteOptions(color_match=color_match),
                                  seed=seed, detections=dets)
         if len(res.faces) == 0:
-            log.info("BFR Restore Faces: no faces found; images returned unchanged")
+            log.info("BFR Restore Faces: no face to restore (none detected, or none passed the selection); "
+                     "images returned unchanged")
             return (image, torch.zeros(image.shape[:3]))
         return (to_bhwc(res.images), res.coverage.float().cpu())

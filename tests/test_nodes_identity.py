@@ -121,3 +121,125 @@ def test_guided_backbone_pass_survives_out_of_memory(comfy_pack, folders):
                                                     guidance=spec)
     assert sizes[:2] == [3, 1] and set(sizes[1:]) == {1}
     torch.testing.assert_close(out, (crops * 0.9).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+# --- model files: layouts, default, placeholders, optional onnx ---------------------------------------------------
+
+
+def _choices(comfy_pack):
+    spec = comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"].INPUT_TYPES()["required"]["model_name"]
+    return spec[0], spec[1].get("default", spec[0][0])
+
+
+def _identity_workflow_values():
+    import json
+
+    from conftest import ROOT
+
+    values = set()
+    for sub in ("workflows/ui", "example_workflows"):
+        for p in (ROOT / sub).glob("bfr_identity_*.json"):
+            values |= {n["widgets_values"][0] for n in json.loads(p.read_text())["nodes"]
+                       if n["type"] == "BFRLoadFaceRecognizer"}
+    for p in (ROOT / "workflows/api").glob("bfr_identity_*.json"):
+        values |= {n["inputs"]["model_name"] for n in json.loads(p.read_text()).values()
+                   if n["class_type"] == "BFRLoadFaceRecognizer"}
+    return values
+
+
+def test_recognizer_default_is_the_permissive_facexlib_file(comfy_pack, tmp_path):
+    import folder_paths
+
+    from bfr_core.models.files import REGISTRY
+
+    folder_paths.folder_names_and_paths["insightface"] = ([str(tmp_path / "insightface")], {".onnx", ".pth"})
+    folder_paths.folder_names_and_paths["facerestore_models"] = ([str(tmp_path / "restore")], {".pth"})
+    # Nothing installed: the placeholder names the file and its folder, and the workflows use exactly it.
+    choices, default = _choices(comfy_pack)
+    assert choices == ["facerestore_models:recognition_arcface_ir_se50.pth"] == [default]
+    assert _identity_workflow_values() == {default}
+    assert REGISTRY["recognition_arcface_ir_se50.pth"].commercial
+    with pytest.raises(FileNotFoundError, match="facerestore_models") as err:
+        comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"]().load(default, "fp32")
+    assert "--" not in str(err.value)
+    # Installed among other recognizers: still listed first and the default.
+    (tmp_path / "restore").mkdir()
+    (tmp_path / "restore" / "recognition_arcface_ir_se50.pth").write_bytes(b"")
+    (tmp_path / "insightface" / "models" / "antelopev2").mkdir(parents=True)
+    (tmp_path / "insightface" / "models" / "antelopev2" / "glintr100.onnx").write_bytes(b"")
+    choices, default = _choices(comfy_pack)
+    assert choices[0] == default == "facerestore_models:recognition_arcface_ir_se50.pth"
+
+
+@pytest.mark.parametrize("layout", ["insightface/antelopev2", "insightface/models/antelopev2"])
+def test_both_insightface_layouts_and_both_spellings_resolve(comfy_pack, tmp_path, layout):
+    """Saved workflows hold `insightface:antelopev2/glintr100.onnx`; insightface itself (and InstantID, PuLID,
+    ReActor) keep models/insightface/models/antelopev2/. Every spelling is listed when it validates a saved value,
+    and loads the file wherever it is."""
+    import sys
+
+    import folder_paths
+
+    folder_paths.folder_names_and_paths["insightface"] = ([str(tmp_path / "insightface")], {".onnx", ".pth"})
+    folder_paths.folder_names_and_paths["facerestore_models"] = ([str(tmp_path / "restore")], {".pth"})
+    (tmp_path / layout).mkdir(parents=True)
+    target = tmp_path / layout / "glintr100.onnx"
+    target.write_bytes(b"")
+    choices, _ = _choices(comfy_pack)
+    assert "insightface:antelopev2/glintr100.onnx" in choices  # the spelling saved workflows hold
+    if "models/" in layout:
+        assert "insightface:models/antelopev2/glintr100.onnx" in choices  # what ComfyUI itself lists
+    resolve = sys.modules["bfr_pack_under_test.nodes.identity"].recognizer_path
+    for spelling in ("insightface:antelopev2/glintr100.onnx", "insightface:models/antelopev2/glintr100.onnx"):
+        assert resolve(spelling) == str(target)
+
+
+def test_legacy_spelling_loads_a_backbone_in_insightface_layout(comfy_pack, tmp_path):
+    import folder_paths
+
+    torch.manual_seed(0)
+    (tmp_path / "insightface" / "models" / "custom").mkdir(parents=True)
+    torch.save(IResNet(IRESNET_LAYERS["iresnet18"]).state_dict(),
+               tmp_path / "insightface" / "models" / "custom" / "backbone.pth")
+    folder_paths.folder_names_and_paths["insightface"] = ([str(tmp_path / "insightface")], {".onnx", ".pth"})
+    folder_paths.folder_names_and_paths["facerestore_models"] = ([str(tmp_path / "restore")], {".pth"})
+    choices, _ = _choices(comfy_pack)
+    assert {"insightface:custom/backbone.pth", "insightface:models/custom/backbone.pth"} <= set(choices)
+    rec = comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"]().load("insightface:custom/backbone.pth", "fp32")[0]
+    assert rec.arch == "iresnet18" and rec.path.endswith("models/custom/backbone.pth")
+
+
+def test_onnx_recognizer_without_onnx_says_what_to_install(comfy_pack, tmp_path, monkeypatch):
+    import re
+    import sys
+
+    import folder_paths
+
+    (tmp_path / "insightface" / "buffalo_l").mkdir(parents=True)
+    (tmp_path / "insightface" / "buffalo_l" / "w600k_r50.onnx").write_bytes(b"not really")
+    folder_paths.folder_names_and_paths["insightface"] = ([str(tmp_path / "insightface")], {".onnx", ".pth"})
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
+    with pytest.raises(Exception) as err:  # the pack's own copy of CheckpointError
+        comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"]().load("insightface:buffalo_l/w600k_r50.onnx", "fp32")
+    msg = str(err.value)
+    assert type(err.value).__name__ == "CheckpointError"
+    assert "optional `onnx` package" in msg and "pip install onnx" in msg and "recognition_arcface_ir_se50" in msg
+    assert "insightface/models/<pack>/" in msg  # the folder hint, as its own sentence
+    assert not re.search(r"[a-z] ArcFace recognizers go", msg), msg  # no sentences glued together
+    assert "--" not in msg
+
+
+def test_recognizer_hints_agree_on_the_layouts():
+    from conftest import ROOT
+
+    from bfr_core.identity.recognizers import FOLDER_HINT, join_hint
+
+    page = (ROOT / "web/docs/BFRLoadFaceRecognizer.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for text in (FOLDER_HINT, page, readme):
+        for layout in ("insightface/<pack>/", "insightface/models/<pack>/", "recognition_arcface_ir_se50.pth",
+                       "facerestore_models"):
+            assert layout in text, layout
+    assert join_hint("it failed", "Do this.") == "it failed. Do this."
+    assert join_hint("it failed.", "Do this.") == "it failed. Do this."
+    assert join_hint("it failed. Do this.", "Do this.") == "it failed. Do this."

@@ -32,7 +32,8 @@ __all__ = ["PRIOR_HINT", "infer_iddpm_config", "is_iddpm_state_dict", "load_prio
 
 PRIOR_HINT = (
     "DifFace's face prior is iddpm_ffhq512_ema500000.pth (~610 MiB, from the zsyOAOA/DifFace "
-    "release): put it in ComfyUI/models/facerestore_models or pass --prior PATH. A diffusers "
+    "release): put it in ComfyUI/models/facerestore_models (outside ComfyUI: the "
+    "facerestore_models folder of your models folder) or give its full path. A diffusers "
     "UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors) is accepted too."
 )
 

@@ -14,12 +14,15 @@ _EXPORTS = {
     "cosine_distance": ".guidance",
     "feature_mask": ".guidance",
     "ARCFACE_TEMPLATE_112": ".recognizers",
+    "DEFAULT_RECOGNIZER": ".recognizers",
+    "DEFAULT_RECOGNIZER_FOLDER": ".recognizers",
     "FOLDER_HINT": ".recognizers",
     "Recognizer": ".recognizers",
     "arcface_affine": ".recognizers",
     "arcface_box": ".recognizers",
     "arcface_crop": ".recognizers",
     "load_recognizer": ".recognizers",
+    "recognizer_spellings": ".recognizers",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -43,8 +43,9 @@ def _import_onnx(path: str | os.PathLike):
         from onnx import numpy_helper
     except ImportError as exc:  # optional dependency
         raise CheckpointError(
-            f"cannot read {path}: ArcFace .onnx models need the `onnx` package (pip install onnx); "
-            f"or use an arcface_torch backbone.pth / facexlib recognition_arcface_ir_se50.pth instead"
+            f"cannot read {path}: ArcFace .onnx models need the optional `onnx` package (`pip install onnx` in "
+            f"the Python environment that runs this pack), or use facexlib's recognition_arcface_ir_se50.pth "
+            f"or an arcface_torch backbone.pth instead."
         ) from exc
     return onnx, numpy_helper
 

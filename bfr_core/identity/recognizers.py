@@ -44,12 +44,38 @@ ARCFACE_TEMPLATE_112 = torch.tensor(
     dtype=torch.float64,
 )
 
+# The layouts users have, from the pack's own default to what other packs (InstantID, PuLID, ReActor, ...) use.
+DEFAULT_RECOGNIZER = "recognition_arcface_ir_se50.pth"  # facexlib, MIT: usable commercially
+DEFAULT_RECOGNIZER_FOLDER = "facerestore_models"
+
 FOLDER_HINT = (
-    "ArcFace recognizers go in ComfyUI/models/insightface (insightface ONNX such as "
-    "models/antelopev2/glintr100.onnx or models/buffalo_l/w600k_r50.onnx, or an arcface_torch "
-    "iresnet backbone.pth) or in ComfyUI/models/facerestore_models (facexlib's "
-    "recognition_arcface_ir_se50.pth)."
+    "ArcFace recognizers go in ComfyUI/models/facerestore_models (facexlib's "
+    "recognition_arcface_ir_se50.pth, MIT, the default) or in ComfyUI/models/insightface, in any of the "
+    "layouts packs use: insightface/<pack>/<file> or insightface/models/<pack>/<file> (insightface's "
+    "antelopev2/glintr100.onnx or buffalo_l/w600k_r50.onnx, non-commercial, need the onnx package), or an "
+    "arcface_torch iresnet backbone.pth."
 )
+
+
+def recognizer_spellings(name: str) -> list[str]:
+    """Relative paths under models/insightface where the same file may sit, `name` first.
+
+    insightface itself (and the packs built on it) keep `models/insightface/models/<pack>/<file>`; other packs and
+    older versions of this one use `models/insightface/<pack>/<file>`. Either spelling finds the file in either place.
+    """
+    name = name.replace("\\", "/").lstrip("/")
+    other = name[len("models/"):] if name.startswith("models/") else "models/" + name
+    return [name, other]
+
+
+def join_hint(message: str, hint: str) -> str:
+    """`message` and `hint` as two sentences (a message without a final full stop gets one)."""
+    message = message.rstrip()
+    if hint in message:
+        return message
+    if message and message[-1] not in ".!?":
+        message += "."
+    return f"{message} {hint}"
 
 
 def arcface_affine(crop_size: int) -> Tensor:
@@ -172,5 +198,5 @@ def load_recognizer(path: str | os.PathLike, device: torch.device | str = "cpu",
         msg = str(exc)
         if FOLDER_HINT in msg:
             raise
-        raise CheckpointError(f"{msg} {FOLDER_HINT}") from exc
+        raise CheckpointError(join_hint(msg, FOLDER_HINT)) from exc
     return Recognizer(model, arch, source, path, detail).to(device, dtype)

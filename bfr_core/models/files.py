@@ -97,7 +97,7 @@ def expectation_hint(path: str | os.PathLike) -> str:
     if entry is None:
         return ""
     sha = f"expected sha256 {entry.sha256}" if entry.sha256 else "sha256 not pinned in this release"
-    return (f" ({entry.name}: {sha}; it belongs in <ComfyUI>/models/{entry.folder}/ or <--models-dir>/{entry.folder}/; "
+    return (f" ({entry.name}: {sha}; it belongs in <ComfyUI>/models/{entry.folder}/ or {entry.folder}/ of your models folder; "
             f"re-fetch with `python -m bfr_core download {entry.name}`)")
 
 
