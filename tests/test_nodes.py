@@ -25,6 +25,9 @@ def test_every_node_is_documented(comfy_pack):
     for node_id, cls in comfy_pack.NODE_CLASS_MAPPINGS.items():
         assert cls.DESCRIPTION and cls.CATEGORY and hasattr(cls, cls.FUNCTION), node_id
         assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+        tips = getattr(cls, "OUTPUT_TOOLTIPS", None)
+        assert tips is not None and len(tips) == len(cls.RETURN_TYPES), f"{node_id} needs one output tooltip each"
+        assert all(isinstance(t, str) and t.strip() for t in tips), f"{node_id} has an empty output tooltip"
         spec = cls.INPUT_TYPES()
         for group in spec.values():
             for name, entry in group.items():
@@ -32,6 +35,64 @@ def test_every_node_is_documented(comfy_pack):
                 if isinstance(entry[0], list):
                     default = entry[1].get("default", entry[0][0])
                     assert default in entry[0], f"{node_id}.{name}"
+
+
+@pytest.mark.parametrize("query", ["difface", "gfpgan", "codeformer", "restore", "face"])
+def test_node_search_finds_every_node(comfy_pack, query):
+    """ComfyUI's node_info sends a V1 node's SEARCH_ALIASES as `search_aliases`; the search box matches them."""
+    for node_id, cls in comfy_pack.NODE_CLASS_MAPPINGS.items():
+        aliases = getattr(cls, "SEARCH_ALIASES", None)
+        assert isinstance(aliases, list) and all(isinstance(a, str) and a for a in aliases), node_id
+        assert any(query in a.lower() for a in aliases), f"{node_id}: '{query}' finds nothing"
+
+
+def test_loaders_offer_a_placeholder_that_names_the_file(comfy_pack, tmp_path):
+    """Empty model folders: each loader lists the file it expects (not an empty list, which ComfyUI answers with
+    a bare "Value not in list"), and running it names the folder to put the file in, without CLI flags."""
+    import folder_paths
+
+    for folder in ("facedetection", "facerestore_models", "insightface"):
+        folder_paths.folder_names_and_paths[folder] = ([str(tmp_path / folder)], {".onnx", ".pth"})
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    expected = {"BFRLoadFaceDetector": ("face_detection_yunet_2023mar.onnx", "facedetection"),
+                "BFRLoadDiffusionPrior": ("iddpm_ffhq512_ema500000.pth", "facerestore_models"),
+                "BFRLoadRestorer": ("swinir_restoration512_L1.pth", "facerestore_models"),
+                "BFRLoadFaceRecognizer": ("facerestore_models:recognition_arcface_ir_se50.pth", "facerestore_models")}
+    for node_id, (name, folder) in expected.items():
+        spec = nodes[node_id].INPUT_TYPES()["required"]
+        assert name in spec["model_name"][0], node_id
+        args = [name] + ([] if len(spec) == 1 else [spec["dtype"][1]["default"]])
+        with pytest.raises(Exception, match=folder) as err:
+            getattr(nodes[node_id](), nodes[node_id].FUNCTION)(*args)
+        assert "--" not in str(err.value), f"{node_id}: {err.value}"
+    assert nodes["BFRLoadRestorer"].INPUT_TYPES()["required"]["model_name"][0][0] == "none"  # still the default
+
+
+def test_library_hints_name_no_cli_flags():
+    from bfr_core.diffusion.loading import PRIOR_HINT
+    from bfr_core.identity.recognizers import FOLDER_HINT
+    from bfr_core.models.files import expectation_hint
+
+    from bfr_core.models.files import check_licence
+
+    for hint in (PRIOR_HINT, FOLDER_HINT, expectation_hint("iddpm_ffhq512_ema500000.pth")):
+        assert hint and "--" not in hint, hint
+    with pytest.raises(ValueError, match="commercial-only mode") as err:  # BFR_COMMERCIAL_ONLY=1 in ComfyUI
+        check_licence("iddpm_ffhq512_ema500000.pth", commercial_only=True)
+    assert "--" not in str(err.value)
+
+
+def test_out_of_range_index_is_not_reported_as_no_faces(comfy_pack, detector_node_output, caplog):
+    import logging
+
+    img = _comfy_image("images/whole/gfpgan_10045.png")
+    with caplog.at_level(logging.INFO):
+        dets, _, count = comfy_pack.NODE_CLASS_MAPPINGS["BFRDetectFaces"]().detect(
+            img, detector_node_output, 0.6, 0, "indices", "7", "area", 0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert count == 0 and any("out of range" in m for m in messages), messages
+    assert any("none kept by the selection" in m for m in messages), messages
+    assert not any("no faces found" in m.lower() or "no face found" in m.lower() for m in messages), messages
 
 
 def test_model_folders_are_merged_not_overwritten(comfy_pack):

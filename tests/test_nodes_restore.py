@@ -38,6 +38,7 @@ def test_loaders_list_and_load(comfy_pack, models_dir):
     assert nodes["BFRLoadDiffusionPrior"].INPUT_TYPES()["required"]["model_name"][0][0] == "tiny_iddpm.pth"
     backbones = nodes["BFRLoadRestorer"].INPUT_TYPES()["required"]["model_name"][0]
     assert "GFPGANv1.4.pth" in backbones and "tiny_iddpm.pth" not in backbones
+    assert "swinir_restoration512_L1.pth" not in backbones  # the placeholder only stands in for an empty folder
     assert "recognition_arcface_ir_se50.pth" not in backbones
     prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "auto")[0]
     assert prior.sample_size == TINY_CONFIG.image_size and prior.dtype == torch.float32

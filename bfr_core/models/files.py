@@ -153,7 +153,8 @@ def check_licence(path: str | os.PathLike, commercial_only: bool | None = None) 
         copy = "" if Path(path).name == entry.name else f" (a copy of {entry.name})"
         raise LicenceError(f"commercial-only mode: {Path(path).name}{copy} is licensed {entry.licence}, which does not "
                            f"allow commercial use. Use instead: {entry.alternative or 'a file licensed for it'}. "
-                           f"(Unset ${ENV_COMMERCIAL_ONLY} / drop --commercial-only for non-commercial work.)")
+                           f"(For non-commercial work, turn commercial-only mode off: unset ${ENV_COMMERCIAL_ONLY}, or run "
+                           f"without the commercial-only switch.)")
     return entry
 
 
