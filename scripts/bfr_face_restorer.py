@@ -147,6 +147,10 @@ def _on_ui_settings() -> None:
 
 if not any(r.name() == NAME for r in shared.face_restorers):  # a script reload must not add it twice
     shared.face_restorers.append(BFRFaceRestoration())
+try:  # now as well: API-only (--nowebui) runs no ui_settings callbacks, and /sdapi/v1/options would refuse bfr_*
+    _on_ui_settings()
+except ImportError:  # no gradio: not inside a web UI
+    pass
 try:
     from modules import script_callbacks
 

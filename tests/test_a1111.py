@@ -77,3 +77,22 @@ def test_a_missing_model_leaves_the_image_unchanged(webui, caplog):
     rgb = np.zeros((64, 64, 3), np.uint8)
     assert shared.face_restorers[0].restore(rgb) is rgb
     assert "unable to load" in caplog.text
+
+
+@pytest.fixture
+def gradio_stub(monkeypatch):
+    gradio = type(sys)("gradio")
+    gradio.Slider = object
+    monkeypatch.setitem(sys.modules, "gradio", gradio)
+
+
+def test_settings_exist_without_the_settings_page(gradio_stub, webui):
+    """API-only (`--nowebui`): the web UI runs no ui_settings callbacks, so the script registers its settings when it
+    loads (else POST /sdapi/v1/options refuses bfr_* with a KeyError, as seen in a running Forge)."""
+    from modules import script_callbacks, shared
+
+    assert shared.opts.data_labels["bfr_prior"].section == ("bfr_difface", "DifFace (BFR)")
+    assert shared.opts.bfr_steps == 20
+    for callback in script_callbacks.ui_settings_callbacks:  # the settings page, later: the same settings
+        callback()
+    assert shared.opts.bfr_strength == 0.4

@@ -104,3 +104,35 @@ def test_a_crashed_shard_resumes_where_it_stopped(tmp_path, photos, yunet_path, 
     monkeypatch.delenv("WORLD_SIZE")
     assert main(_restore_args(photos, out, yunet_path) + ["--skip-existing"]) == 0  # one process, asked to resume
     assert "restore: 2 of 5 image(s) restored (3 already done)" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_accelerate_launch_shards_through_rank_and_world_size(tmp_path, photos, yunet_path, one_thread):
+    """`accelerate launch --multi_gpu --num_processes 2 -m bfr_core restore ...` on a CPU-only machine, offline and
+    without a config file: each process reads RANK / WORLD_SIZE, and the union of their outputs is byte-identical to
+    one process with as many threads (torch.distributed.run gives each process OMP_NUM_THREADS=1, and CPU results
+    may differ in the last bits between thread counts). `--multi_gpu` only selects accelerate's torch.distributed.run launcher (the restore runs on
+    `--device`, cpu here); `--cpu --num_processes 2` would start ONE process (accelerate's CPU multi-process launch
+    needs mpirun and a hostfile)."""
+    pytest.importorskip("accelerate")
+    assert main(_restore_args([photos[0].parent], tmp_path / "single", yunet_path)) == 0
+    single = _files(tmp_path / "single")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf"),  # no user default_config.yaml
+           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # as torch.distributed.run sets it; one_thread above
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_CONFIG_FILE"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()),
+           "-m", "bfr_core", *_restore_args([photos[0].parent], tmp_path / "sharded", yunet_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "shard 0/2: 3 of 3 image(s) restored" in proc.stderr, proc.stderr[-4000:]
+    assert "shard 1/2: 2 of 2 image(s) restored" in proc.stderr, proc.stderr[-4000:]
+    assert _files(tmp_path / "sharded") == single  # byte-identical
