@@ -100,18 +100,14 @@ def _options(args: argparse.Namespace) -> DetectOptions:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from .faces.detection.batch import detect_faces
-    from .io.images import read_image
 
     args.images = _expand_inputs(args.images)
     detector = _detector(args)
     out = []
     unreadable: list[str] = []
     for path in args.images:
-        try:
-            img = read_image(path)
-        except (ValueError, OSError) as exc:  # reported; the readable images are still detected
-            print(f"error: {exc}", file=sys.stderr)
-            unreadable.append(str(path))
+        img = _read_or_report(path, unreadable)
+        if img is None:
             continue
         dets = detect_faces(detector, img.rgb[None], _options(args))[0]
         out.append({"image": str(path), "width": img.rgb.shape[2], "height": img.rgb.shape[1],
@@ -122,6 +118,24 @@ def cmd_detect(args: argparse.Namespace) -> int:
         for item in out:
             print(f"{item['image']}: {len(item['faces'])} face(s)")
     return _report_unreadable(unreadable, len(args.images))
+
+
+def _read_or_report(path: str, unreadable: list[str]):
+    """The image at ``path``, or None after reporting why it cannot be read (one unreadable photo must not stop a
+    whole folder; ``unreadable`` collects them for `_report_unreadable`)."""
+    from .io.images import read_image
+
+    try:
+        return read_image(path)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        unreadable.append(str(path))
+        return None
+
+
+def _check_output(args: argparse.Namespace, what: str) -> None:
+    if not str(args.output).strip():
+        raise ValueError(f"-o/--output is empty: name the folder for the {what}")
 
 
 def _report_unreadable(unreadable: list[str], total: int) -> int:
@@ -204,11 +218,10 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from .io.images import read_image, write_image
+    from .io.images import write_image
     from .restoration.pipeline import PasteOptions, restore_images
 
-    if not str(args.output).strip():
-        raise ValueError("-o/--output is empty: name the folder for the results")
+    _check_output(args, "results")
     args.images = _expand_inputs(args.images)
     detector = _detector(args)
     restorer = _face_restorer(args)
@@ -237,11 +250,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if skip_existing and target.exists():  # results are written atomically: an existing one is complete
             skipped += 1
             continue
-        try:
-            img = read_image(path)
-        except (ValueError, OSError) as exc:  # one unreadable photo must not stop a whole folder
-            print(f"error: {exc}", file=sys.stderr)
-            unreadable.append(str(path))
+        img = _read_or_report(path, unreadable)
+        if img is None:
             continue
         # Anything failing from here on (models, a full disk) would fail for every image: it stops the run.
         res = restore_images(img.rgb[None].to(args.device), detector, restorer, _options(args), paste,
@@ -266,21 +276,17 @@ def cmd_align(args: argparse.Namespace) -> int:
     """Aligned face crops of each photo: OUTDIR/<stem>_face<k>.png (k in the selection's order)."""
     from .faces.align import align_faces
     from .faces.detection.batch import detect_faces
-    from .io.images import read_image, write_image
+    from .io.images import write_image
 
-    if not str(args.output).strip():
-        raise ValueError("-o/--output is empty: name the folder for the crops")
+    _check_output(args, "crops")
     args.images = _expand_inputs(args.images)
     detector = _detector(args)
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     unreadable: list[str] = []
     for path in args.images:
-        try:
-            img = read_image(path)
-        except (ValueError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            unreadable.append(str(path))
+        img = _read_or_report(path, unreadable)
+        if img is None:
             continue
         rgb = img.rgb[None].to(args.device)
         crops, faces = align_faces(rgb, detect_faces(detector, rgb, _options(args)), args.crop_size)
@@ -294,8 +300,7 @@ def cmd_pseudo_targets(args: argparse.Namespace) -> int:
     """DT-BFR pseudo-targets of aligned crops, written as they are made; existing targets are skipped (resume)."""
     from .training.pseudo_targets import write_pseudo_targets
 
-    if not str(args.output).strip():
-        raise ValueError("-o/--output is empty: name the folder for the pseudo-targets")
+    _check_output(args, "pseudo-targets")
     if args.constrain_until > args.t_start:
         raise ValueError(f"--constrain-until ({args.constrain_until}) must not exceed --t-start ({args.t_start}); "
                          f"0 turns the low-pass constraint off")

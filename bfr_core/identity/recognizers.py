@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..faces.geometry import alignment_scale, estimate_similarity, ffhq_template, homogeneous, invert_affine, transform_points
-
-from ..faces.warp import shrink_antialiased, warp_affine
-from ..archs.iresnet import INPUT_SIZE, IResNet, IRSEBackbone, stage_counts
+from ..archs.iresnet import INPUT_SIZE, stage_counts
 from ..archs.registry import load_architecture
+from ..faces.geometry import (alignment_scale, estimate_similarity, ffhq_template, homogeneous, invert_affine,
+                              transform_points)
+from ..faces.warp import shrink_antialiased, warp_affine
 from ..models.checkpoint import CheckpointError, load_state_dict
 from ..models.files import check_licence
 from ..models.holder import ModelHolder

@@ -55,6 +55,7 @@ from ..diffusion.sampling import Guidance, model_device_dtype, sample_latents, s
 from ..diffusion.timesteps import (DEFAULT_SAMPLER, DEFAULT_STRENGTH, NUM_TRAIN_TIMESTEPS, get_preset,
                                    strength_to_timestep)
 from ..utils import ProgressCallback, luma, run_chunked
+from ..utils.layout import check_images
 from .estimate import Restorer, apply_backbone, resize_crops
 
 __all__ = ["face_seeds", "restore_faces"]
@@ -114,14 +115,7 @@ def restore_faces(
     dimension is B are split with the chunks). ``prior`` may be None only when strength is 0. See the module
     docstrings of this module and of `bfr_core.diffusion.timesteps` / `samplers` / `sampling`.
     """
-    if not isinstance(crops, Tensor) or crops.ndim != 4:
-        raise ValueError(f"crops must be a [B, C, H, W] tensor, got {getattr(crops, 'shape', type(crops))}")
-    if not crops.is_floating_point():
-        raise ValueError(f"crops must be a float tensor in [0, 1], got {crops.dtype}")
-    if crops.shape[1] not in (1, 3):
-        raise ValueError(f"crops must have 1 or 3 channels (RGB), got {crops.shape[1]}")
-    if not bool(torch.isfinite(crops).all()):
-        raise ValueError("crops contain NaN or infinite values")
+    check_images(crops, "crops", channels=(1, 3), allow_empty=True)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

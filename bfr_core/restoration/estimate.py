@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..utils import ProgressCallback, device_dtype_of, luma, resize_antialiased, run_chunked
+from ..utils.layout import check_images
 
 # A backbone: RGB crops [B, 3, H, W] in [0, 1] → same shape in [0, 1].
 Restorer = Callable[[Tensor], Tensor]
@@ -55,10 +56,7 @@ def backbone_estimate(
     for a prior of size S, so the estimate can also serve as the blind identity target. ``progress(done, total)``
     counts chunks.
     """
-    if not isinstance(crops, Tensor) or crops.ndim != 4 or not crops.is_floating_point():
-        raise ValueError(f"crops must be a float [B, C, H, W] tensor, got {getattr(crops, 'shape', type(crops))}")
-    if not bool(torch.isfinite(crops).all()):
-        raise ValueError("crops contain NaN or infinite values")
+    check_images(crops, "crops", channels=(1, 3), allow_empty=True)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     hw = tuple(crops.shape[-2:]) if size is None else ((int(size), int(size)) if isinstance(size, int) else

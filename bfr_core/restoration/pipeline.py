@@ -5,7 +5,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
 from torch import Tensor
 
 from ..faces.align import align_faces

@@ -53,6 +53,7 @@ from ..diffusion.priors import LatentPrior, as_prior
 from ..diffusion.samplers import Noise, ddpm, q_sample
 from ..diffusion.sampling import ModelDenoiser, model_device_dtype, slice_cond
 from ..utils import ProgressCallback, luma, run_chunked
+from ..utils.layout import check_images
 from .difface import face_seeds as check_face_seeds
 from .estimate import Restorer, backbone_estimate, resize_crops
 
@@ -108,12 +109,7 @@ def generate_pseudo_targets(
     space, float32, after the constraint) and the diffused estimate whose low band was put in (None when that step
     was not constrained) — for inspection; it must not modify them. See the module docstring.
     """
-    if not isinstance(lq_crops, Tensor) or lq_crops.ndim != 4:
-        raise ValueError(f"lq_crops must be a [B, C, H, W] tensor, got {getattr(lq_crops, 'shape', type(lq_crops))}")
-    if not lq_crops.is_floating_point():
-        raise ValueError(f"lq_crops must be a float tensor in [0, 1], got {lq_crops.dtype}")
-    if not bool(torch.isfinite(lq_crops).all()):
-        raise ValueError("lq_crops contain NaN or infinite values")
+    check_images(lq_crops, "lq_crops", allow_empty=True)  # channels: checked against the prior's below
     if prior is None:
         raise ValueError("a diffusion prior is required for pseudo-targets")
     p = as_prior(prior)

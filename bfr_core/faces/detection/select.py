@@ -6,7 +6,7 @@ import logging
 import torch
 
 from ..types import FaceDetections
-from .options import SELECT_MODES, SORT_MODES, check_selection, parse_indices
+from .options import check_selection, parse_indices
 
 log = logging.getLogger("bfr_core")
 
