@@ -219,6 +219,17 @@ def feature_mask(size: int, device: torch.device | str = "cpu", feather: float =
     return m.to(device=device, dtype=torch.float32)
 
 
+def check_guidance_settings(strength: float, fidelity: float, start: float, end: float) -> None:
+    """ValueError naming the first identity-guidance setting out of range (strength, fidelity >= 0; the guided
+    timesteps 0 <= end <= start <= 1, fractions of T)."""
+    for name, v in (("strength", float(strength)), ("fidelity", float(fidelity))):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"identity guidance {name} must be a finite number >= 0, got {v!r}")
+    if not (0.0 <= float(end) <= float(start) <= 1.0):
+        raise ValueError(f"identity guidance needs 0 <= end <= start <= 1 (fractions of T; end must not be larger "
+                         f"than start), got start={start!r}, end={end!r}")
+
+
 # ------------------------------------------------------------------------------------------ the hook
 class IdentityGuidance:
     """Identity guidance hook for `bfr_core.restore_faces(..., guidance=...)`; see the module docstring.
@@ -264,11 +275,7 @@ class IdentityGuidance:
         self.cap = None if cap is None else float(cap)
         if self.cap is not None and not (math.isfinite(self.cap) and self.cap > 0):
             raise ValueError(f"cap must be a finite number > 0 or None, got {cap!r}")
-        for name, v in (("strength", self.strength), ("fidelity", self.fidelity)):
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if not (0.0 <= self.end <= self.start <= 1.0):
-            raise ValueError(f"need 0 <= end <= start <= 1 (fractions of T), got start={start!r}, end={end!r}")
+        check_guidance_settings(self.strength, self.fidelity, self.start, self.end)
         if alphas_cumprod is None:
             from ..diffusion.schedules import linear_alphas_cumprod
 
@@ -511,6 +518,7 @@ class IdentityGuidance:
 __all__ = [
     "FaceRecognizer",
     "IdentityGuidance",
+    "check_guidance_settings",
     "MASK_MODES",
     "STRENGTH_UNIT",
     "cosine_distance",

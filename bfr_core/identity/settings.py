@@ -5,12 +5,11 @@ The settings outlive one restore (a ComfyUI link, a CLI run over many photos); `
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import Tensor
 
-from .guidance import FaceRecognizer, IdentityGuidance
+from .guidance import FaceRecognizer, IdentityGuidance, check_guidance_settings
 
 
 @dataclass
@@ -29,13 +28,7 @@ class IdentitySettings:
 
     def __post_init__(self) -> None:
         # Checked here, when the user sets them, not midway through a restore.
-        for name in ("strength", "fidelity"):
-            v = float(getattr(self, name))
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"identity guidance {name} must be a finite number >= 0, got {v!r}")
-        if not (0.0 <= float(self.end) <= float(self.start) <= 1.0):
-            raise ValueError(f"identity guidance needs 0 <= end <= start <= 1, got start={self.start!r}, "
-                             f"end={self.end!r} (end must not be larger than start)")
+        check_guidance_settings(self.strength, self.fidelity, self.start, self.end)
 
     def build(self, estimates: Tensor, alphas_cumprod: Tensor) -> IdentityGuidance:
         """The sampler hook for these faces. ``estimates``: the backbone's estimates [F, 3, S, S] in [0, 1], in the
