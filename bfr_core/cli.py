@@ -13,6 +13,7 @@ from .diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from .faces.detection.options import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, DetectOptions
 from .models import files as model_files
 from .models.errors import CheckpointError
+from .utils.devices import process_device
 from .utils.precision import PRECISIONS, parse_dtype
 from .utils.sharding import parse_shard, shard_from_env
 
@@ -64,6 +65,12 @@ def _add_licence_arg(p: argparse.ArgumentParser) -> None:
                         f"Also ${model_files.ENV_COMMERCIAL_ONLY}=1")
 
 
+def _add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu",
+                   help="torch device, e.g. cpu, cuda, cuda:1 (default cpu). Under torchrun / accelerate launch "
+                        "(LOCAL_RANK set), cuda without an index means cuda:LOCAL_RANK: one GPU per process")
+
+
 def _model_path(args: argparse.Namespace, name: str) -> Path:
     """A model file found by name or path, checked against --commercial-only / $BFR_COMMERCIAL_ONLY."""
     path = model_files.resolve_model(name, args.models_dir)
@@ -83,7 +90,7 @@ def _add_detect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--indices", default="", help="with --select indices: e.g. '0,2'")
     p.add_argument("--sort", choices=SORT_MODES, default="area")
     p.add_argument("--max-faces", type=_number(int, 0), default=0, help="keep at most this many faces (0 = all)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu (default cpu)")
+    _add_device_arg(p)
     _add_licence_arg(p)
 
 
@@ -312,11 +319,10 @@ def cmd_pseudo_targets(args: argparse.Namespace) -> int:
     from .diffusion.loading import load_prior
     from .restoration.backbones import load_restorer
 
-    prior = load_prior(model_files.resolve_model(args.prior, args.models_dir), device=args.device, dtype=dtype)
+    prior = load_prior(_model_path(args, args.prior), device=args.device, dtype=dtype)
     backbone = None
     if args.restorer != "none":
-        backbone = load_restorer(model_files.resolve_model(args.restorer, args.models_dir), device=args.device,
-                                 dtype=dtype)
+        backbone = load_restorer(_model_path(args, args.restorer), device=args.device, dtype=dtype)
     outdir = Path(args.output)
     before = sum((outdir / (p.stem + ".png")).exists() for p in crops) if outdir.is_dir() else 0
     if before:
@@ -443,8 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_number(int, 1), default=4,
                    help="faces per UNet call (halved on out-of-memory)")
     p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cpu (default cpu)")
+    _add_device_arg(p)
     p.add_argument("--models-dir", help=f"models folder (also ${model_files.ENV_MODELS_DIR}, or ComfyUI/models)")
+    _add_licence_arg(p)
     p.set_defaults(func=cmd_pseudo_targets)
     p = sub.add_parser("similarity", help="cosine similarity of the largest faces in two images")
     p.add_argument("a")
@@ -454,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", default="yunet")
     p.add_argument("--threshold", type=_number(float, 0.0, 1.0), default=0.6)
     p.add_argument("--models-dir")
-    p.add_argument("--device", default="cpu")
+    _add_device_arg(p)
     _add_licence_arg(p)
     p.set_defaults(func=cmd_similarity)
     p = sub.add_parser("models", help="list known model files and whether they are found")
@@ -475,8 +482,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.func in (cmd_models, cmd_download):  # file listing and fetching need no torch
             return args.func(args)
+        if getattr(args, "device", None) is not None:
+            # Under torchrun / accelerate launch every process gets the same --device: cuda → its own cuda:LOCAL_RANK.
+            args.device = process_device(args.device)
         import torch
 
+        from .utils.devices import check_device
+
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)
         with torch.no_grad():  # not inference_mode: identity guidance re-enables gradients per step
             return args.func(args)
     except (CheckpointError, ValueError, KeyError, OSError, RuntimeError) as exc:  # OSError: files, network

@@ -20,6 +20,19 @@ def shared_path(rel: str) -> Path:
     return path
 
 
+def require_test_extra(module: str):
+    """A package of the `test` extra: skipped where it is missing, a failure in CI (CI set), where it must be
+    installed."""
+    if os.environ.get("CI"):
+        import importlib
+
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            pytest.fail(f"{module} (in the test extra) is missing in CI: {exc}")
+    return pytest.importorskip(module)
+
+
 @pytest.fixture
 def yunet_path() -> Path:
     return shared_path("models/face_detection_yunet_2023mar.onnx")

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import cv2
 import pytest
+import torch
 
 from bfr_core.cli import main
+from bfr_core.utils import devices
+from bfr_core.utils.devices import check_device, process_device
 from bfr_core.utils.sharding import Shard, parse_shard, shard_from_env
-from conftest import ROOT, shared_path
+from conftest import ROOT, shared_path, require_test_extra
 
 
 def test_shards_are_disjoint_cover_everything_and_ignore_input_order():
@@ -120,7 +123,7 @@ def test_accelerate_launch_shards_through_rank_and_world_size(tmp_path, photos, 
     may differ in the last bits between thread counts). `--multi_gpu` only selects accelerate's torch.distributed.run launcher (the restore runs on
     `--device`, cpu here); `--cpu --num_processes 2` would start ONE process (accelerate's CPU multi-process launch
     needs mpirun and a hostfile)."""
-    pytest.importorskip("accelerate")
+    require_test_extra("accelerate")  # the two-process proof runs in CI
     assert main(_restore_args([photos[0].parent], tmp_path / "single", yunet_path)) == 0
     single = _files(tmp_path / "single")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "hf"),  # no user default_config.yaml
@@ -136,3 +139,51 @@ def test_accelerate_launch_shards_through_rank_and_world_size(tmp_path, photos, 
     assert "shard 0/2: 3 of 3 image(s) restored" in proc.stderr, proc.stderr[-4000:]
     assert "shard 1/2: 2 of 2 image(s) restored" in proc.stderr, proc.stderr[-4000:]
     assert _files(tmp_path / "sharded") == single  # byte-identical
+
+
+def test_cuda_under_a_launcher_means_the_process_own_gpu():
+    launched = {"LOCAL_RANK": "1", "RANK": "3", "WORLD_SIZE": "4"}  # 2nd process of the 2nd machine
+    assert process_device("cuda", launched) == "cuda:1"
+    assert process_device(" xpu ", launched) == "xpu:1"
+    assert process_device("cuda:0", launched) == "cuda:0"  # an explicit index is the user's choice
+    assert process_device("cpu", launched) == "cpu" and process_device("mps", launched) == "mps"
+    assert process_device("cuda", {}) == "cuda" and process_device("cuda", {"LOCAL_RANK": ""}) == "cuda"
+    with pytest.raises(ValueError, match=r"LOCAL_RANK='x'.*cuda:0"):
+        process_device("cuda", {"LOCAL_RANK": "x"})
+
+
+def test_the_cli_runs_each_launched_process_on_its_own_gpu(tmp_path, yunet_path, capsys, monkeypatch):
+    """No GPU needed: the device the CLI checks (and then loads every model onto) is recorded."""
+    photo = str(shared_path("images/whole/gfpgan_00.jpg"))
+    seen = []
+
+    def record(device):
+        seen.append(device)
+        raise ValueError(f"recorded {device}")
+
+    monkeypatch.setattr(devices, "check_device", record)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for argv in (["restore", photo, "-o", str(tmp_path / "out")], ["detect", photo],
+                 ["align", photo, "-o", str(tmp_path / "crops")]):
+        assert main([*argv, "--detector", str(yunet_path), "--device", "cuda"]) == 2
+    assert main(["restore", photo, "-o", str(tmp_path / "out"), "--device", "cuda:0"]) == 2
+    assert main(["detect", photo, "--device", "cpu"]) == 2
+    assert seen == ["cuda:1", "cuda:1", "cuda:1", "cuda:0", "cpu"]
+    assert "recorded cuda:1" in capsys.readouterr().err
+
+
+def test_a_device_this_machine_lacks_is_a_clear_error(tmp_path, yunet_path, capsys, monkeypatch):
+    with pytest.raises(ValueError, match="not a torch device name"):
+        check_device("gpu0")
+    assert check_device("cpu") == torch.device("cpu")
+    count = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=f"cuda:{count}: this machine has {count} CUDA" if count else
+                       "no CUDA device"):
+        check_device(f"cuda:{count}")
+    monkeypatch.setenv("LOCAL_RANK", str(count))  # one process more than there are GPUs
+    photo = str(shared_path("images/whole/gfpgan_00.jpg"))
+    assert main(["restore", photo, "-o", str(tmp_path / "out"), "--detector", str(yunet_path), "--device",
+                 "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert f"cuda:{count}" in err if count else "use cpu" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

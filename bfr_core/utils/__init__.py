@@ -1,4 +1,5 @@
-"""Small helpers shared across the library: tensors (device/dtype discovery, luma, resizing), chunked runs."""
+"""Small helpers shared across the library: tensors (device/dtype discovery, luma, resizing), chunked runs, the
+device of a launched process."""
 from ..lazy import lazy_exports
 
 _EXPORTS = {
@@ -6,6 +7,8 @@ _EXPORTS = {
     "ProgressCallback": ".chunking",
     "run_chunked": ".chunking",
     "PRECISIONS": ".precision",
+    "check_device": ".devices",
+    "process_device": ".devices",
     "LUMA_BT601": ".tensors",
     "device_dtype_of": ".tensors",
     "luma": ".tensors",
