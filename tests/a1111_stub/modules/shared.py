@@ -1,5 +1,5 @@
 """As modules/shared.py + modules/options.py (v1.x), reduced: face_restorers, opts (attribute access to settings,
-add_option), OptionInfo."""
+add_option), OptionInfo, state (shared_state.State)."""
 
 
 class OptionInfo:
@@ -38,3 +38,15 @@ opts = Options({
     "code_former_weight": OptionInfo(0.5, "CodeFormer weight"),
     "face_restoration_unload": OptionInfo(False, "Move face restoration model from VRAM into RAM after processing"),
 })
+
+
+class State:
+    """As modules/shared_state.State, reduced: the Skip and Interrupt buttons' flags."""
+    skipped = False
+    interrupted = False
+
+    def interrupt(self):
+        self.interrupted = True
+
+
+state = State()
