@@ -62,13 +62,14 @@ def portrait() -> np.ndarray:
 
 
 def _tiny_models(folder: Path) -> None:
-    """Random-weight files in the official layouts: a tiny iDDPM prior (named as DifFace's) and an iresnet18."""
+    """Random-weight files in the official layouts: a tiny iDDPM prior (named as DifFace's) and a one-unit-per-stage
+    arcface_torch IResNet (iresnet18 halved, for speed)."""
     from bfr_core.archs.iddpm_unet import TINY_CONFIG, IDDPMUNet
-    from bfr_core.identity import IRESNET_LAYERS, IResNet
+    from bfr_core.identity import IResNet
 
     torch.manual_seed(0)
     torch.save({"module." + k: v for k, v in IDDPMUNet(TINY_CONFIG).state_dict().items()}, folder / PRIOR)
-    torch.save(IResNet(IRESNET_LAYERS["iresnet18"]).state_dict(), folder / "backbone.pth")
+    torch.save(IResNet((1, 1, 1, 1)).state_dict(), folder / "backbone.pth")
 
 
 def test_registers_once_with_settings(webui):
@@ -169,7 +170,7 @@ def test_identity_guidance_settings_make_the_library_recipe(webui, portrait, tmp
     assert isinstance(settings, IdentitySettings) and recipe.prior is not None and recipe.steps == 2
     assert (settings.strength, settings.start, settings.end, settings.mask) == (4.0, 0.9, 0.1, "none")
     recognizer = settings.recognizer
-    assert recognizer.arch == "iresnet18" and recognizer.path.endswith("backbone.pth")
+    assert recognizer.arch == "iresnet(1,1,1,1)" and recognizer.path.endswith("backbone.pth")
     want = embed_reference_faces(recognizer, read_image(reference).rgb[None], detector)
     torch.testing.assert_close(settings.reference, want)
     with torch.inference_mode():
