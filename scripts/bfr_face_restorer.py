@@ -181,7 +181,11 @@ class BFRFaceRestoration(face_restoration.FaceRestoration):
             raise ValueError("no face detector: set 'Face detector file' (e.g. face_detection_yunet_2023mar.onnx)")
         backbone = self._model("bfr_restorer", load_restorer, commercial_only)
         prior = self._model("bfr_prior", load_prior, commercial_only)
-        identity = self._identity(detector, commercial_only) if prior is not None else None
+        identity = None
+        if prior is not None:
+            identity = self._identity(detector, commercial_only)
+        elif str(_opt("bfr_recognizer")).strip().lower() not in NO_FILE:
+            log.warning("%s: identity guidance steers the diffusion prior, and the prior is 'none': no guidance", NAME)
         strength = float(_opt("bfr_strength") if strength is None else strength)
         return detector, FaceRestorer(prior, backbone, strength=strength, steps=int(_opt("bfr_steps")),
                                       identity=identity, progress=_check_interrupt)

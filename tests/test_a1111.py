@@ -142,7 +142,7 @@ def _face_identity(recognizer, detector, before: np.ndarray, after: np.ndarray) 
     return recognizer.embed(crops)
 
 
-def test_identity_guidance_settings_make_the_library_recipe(webui, portrait, tmp_path):
+def test_identity_guidance_settings_make_the_library_recipe(webui, portrait, tmp_path, caplog):
     """The settings become the nodes' recipe (IdentitySettings in a FaceRestorer, the reference photo embedded by
     embed_reference_faces) and the guided restore moves the face toward the reference identity — also inside
     torch.inference_mode(), where Forge calls face restorers."""
@@ -188,7 +188,8 @@ def test_identity_guidance_settings_make_the_library_recipe(webui, portrait, tmp
     with pytest.raises(ValueError, match="end must not be larger than start"):
         restorer.recipe()
     shared.opts.bfr_identity_start, shared.opts.bfr_prior = 1.0, "none"
-    assert restorer.recipe()[1].identity is None  # guidance steers a prior: none without one
+    assert restorer.recipe()[1].identity is None  # guidance steers a prior: none without one, and the log says so
+    assert "identity guidance steers the diffusion prior, and the prior is 'none'" in caplog.text
 
 
 def _extras(webui):
