@@ -285,3 +285,14 @@ def test_interrupt_stops_the_restore(webui, portrait, caplog):
     source = pp.image
     _extras(webui).run(pp, [True, 1.0, 0.4])
     assert pp.image is source and pp.info == {}
+
+
+def test_extras_ui_before_input_accordions(webui, monkeypatch):
+    """A1111 before 1.7 has no ui_components.InputAccordion: the enable box is a plain checkbox, off."""
+    import gradio
+    from modules import ui_components
+
+    monkeypatch.delattr(ui_components, "InputAccordion")
+    controls = webui.BFRExtras().ui()
+    assert type(controls["enable"]) is gradio.Checkbox and controls["enable"].value is False
+    assert controls["enable"].label == "DifFace (BFR)" and list(controls)[1:] == ["bfr_visibility", "bfr_strength"]
