@@ -140,6 +140,12 @@ class SpandrelRestorer(_ResizingRestorer):
         self._call_fn = getattr(descriptor, "_call_fn", None) or _first_output
 
     def _run(self, inp: Tensor) -> Tensor:
+        if inp.dtype in (torch.float16, torch.bfloat16):
+            # Some spandrel networks make float32 tensors of their own on the way (SwinIR's shift masks at sizes
+            # other than its training size) and then fail on a float32 @ bf16 matmul; autocast at the weights'
+            # precision casts those, and leaves the rest as it was (weights and activations already in it).
+            with torch.autocast(inp.device.type, dtype=inp.dtype):
+                return self._call_fn(self.model, inp).clamp(0, 1)
         return self._call_fn(self.model, inp).clamp(0, 1)
 
 
