@@ -309,3 +309,20 @@ def test_gpu_compile_with_cuda_graphs_matches_eager():
     ref = FaceRestorer(prior, steps=3, batch_size=3)(crops, seed=1)
     out = FaceRestorer(prior, steps=3, batch_size=3, compile="reduce-overhead")(crops, seed=1)
     assert (out - ref).abs().max() < 2e-2
+
+
+def test_prefetched_noise_equals_drawing_in_line():
+    """The GPU path draws ahead in threads; every face must still get exactly its own generator's sequence."""
+    from bfr_core.diffusion.samplers import Noise
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (7, 0, 123)]
+
+    inline = Noise(gens(), (3, 16, 16), torch.device("cpu"))
+    ahead = Noise(gens(), (3, 16, 16), torch.device("cpu"), prefetch=True)
+    try:
+        for _ in range(3):
+            torch.testing.assert_close(ahead.draw(), inline.draw(), rtol=0, atol=0)
+    finally:
+        ahead.close()
+    assert ahead._pool is None and ahead.draw().shape == (3, 3, 16, 16)  # closed: in line again
