@@ -240,6 +240,7 @@ def run(argv: list[str] | None = None) -> list[Case]:
                     case.times.append(time.perf_counter() - t0)
                 case.extra_mib = max(case.extra_mib, mem.extra / 2**20)
                 case.out = out.float().cpu()
+                print(f"  {case.label} batch {case.batch}: {case.times[-1]:.2f} s", file=sys.stderr, flush=True)
     _report(args, device, cases, backbone_kind, fast)
     return cases
 

@@ -326,3 +326,13 @@ def test_prefetched_noise_equals_drawing_in_line():
     finally:
         ahead.close()
     assert ahead._pool is None and ahead.draw().shape == (3, 3, 16, 16)  # closed: in line again
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_half_group_norm_equals_the_float32_round_trip(dtype):
+    norm = GroupNorm32(64).cuda().to(dtype)
+    x = (3 * torch.randn(2, 64, 16, 16, device="cuda") + 1).to(dtype)
+    with torch.no_grad():
+        want = F.group_norm(x.float(), 32, norm.weight.float(), norm.bias.float(), norm.eps).to(dtype)
+        torch.testing.assert_close(norm(x).float(), want.float(), rtol=2**-7, atol=1e-3)
