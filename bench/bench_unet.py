@@ -28,9 +28,10 @@ GFLOPS_512 = 378.0  # per step at 512 px, batch 1 (DESIGN.md)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build(device: torch.device) -> IDDPMUNet:
+def build(device: torch.device, config=DIFFACE_FFHQ512) -> IDDPMUNet:
+    """The UNet of ``config`` with random fan-in-scaled weights (activations stay in fp16 range), eval, no grad."""
     with torch.device("meta"):
-        model = IDDPMUNet(DIFFACE_FFHQ512)
+        model = IDDPMUNet(config)
     model = model.to_empty(device=device).eval().requires_grad_(False)
     g = torch.Generator(device="cpu").manual_seed(0)
     with torch.no_grad():

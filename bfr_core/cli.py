@@ -14,7 +14,7 @@ from .faces.detection.options import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES,
 from .models import files as model_files
 from .models.errors import CheckpointError
 from .utils.devices import process_device
-from .utils.precision import PRECISIONS, parse_dtype
+from .utils.precision import AUTO, COMPILE_MODES, PRECISIONS, parse_dtype
 from .utils.sharding import parse_shard, shard_from_env
 
 
@@ -163,7 +163,7 @@ def _face_restorer(args: argparse.Namespace):
             raise ValueError("--align-only restores nothing: drop --prior/--restorer/--recognizer, or --align-only")
         return FaceRestorer(batch_size=args.batch_size)
 
-    dtype = parse_dtype(args.dtype)
+    dtype = parse_dtype(args.dtype, args.device)
     backbone = None
     if args.restorer != "none":
         backbone = load_restorer(_model_path(args, args.restorer), device=args.device,
@@ -192,7 +192,8 @@ def _face_restorer(args: argparse.Namespace):
                      if args.reference else None)
         identity = IdentitySettings(recognizer, strength=args.identity_strength, reference=reference)
     return FaceRestorer(prior, backbone, strength=args.strength, steps=args.steps, sampler=args.sampler,
-                        eta=args.eta, identity=identity, batch_size=args.batch_size, progress=_print_progress)
+                        eta=args.eta, identity=identity, batch_size=args.batch_size, progress=_print_progress,
+                        compile=args.compile)
 
 
 def _print_progress(i: int, total: int) -> None:
@@ -315,7 +316,7 @@ def cmd_pseudo_targets(args: argparse.Namespace) -> int:
     missing = [str(p) for p in crops if not p.is_file()]
     if missing:
         raise ValueError(f"crop file(s) not found: {', '.join(missing)}")
-    dtype = parse_dtype(args.dtype)
+    dtype = parse_dtype(args.dtype, args.device)
     from .diffusion.loading import load_prior
     from .restoration.backbones import load_restorer
 
@@ -376,6 +377,12 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dtype_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--dtype", choices=[AUTO, *sorted(PRECISIONS)], default=default,
+                   help=f"precision of the networks (default {default}; auto: bf16 on CPUs with native bf16 and on "
+                        f"recent GPUs, fp16 on older GPUs, else fp32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bfr_core", description="Blind face restoration tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -402,7 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_number(int, 0), default=0)
     p.add_argument("--batch-size", type=_number(int, 1), default=4,
                    help="faces per backbone/UNet call (halved on out-of-memory)")
-    p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32")
+    _add_dtype_arg(p, AUTO)
+    p.add_argument("--compile", choices=COMPILE_MODES, default="off",
+                   help="torch.compile the prior (default off; reduce-overhead adds CUDA graphs; falls back to eager "
+                        "on failure)")
     p.add_argument("--crop-size", type=_number(int, 64, 4096, zero_ok=True, what=" px, or 0 for the prior's size"),
                    default=0, help="aligned crop size in px (default 0: the prior's, at least 512)")
     p.add_argument("--align-only", action="store_true",
@@ -448,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_number(int, 0), default=0, help="crop i (in the listed order) uses seed + i")
     p.add_argument("--batch-size", type=_number(int, 1), default=4,
                    help="faces per UNet call (halved on out-of-memory)")
-    p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32")
+    _add_dtype_arg(p, "fp32")
     _add_device_arg(p)
     p.add_argument("--models-dir", help=f"models folder (also ${model_files.ENV_MODELS_DIR}, or ComfyUI/models)")
     _add_licence_arg(p)

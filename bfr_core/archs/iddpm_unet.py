@@ -130,7 +130,20 @@ class GroupNorm32(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight.float() if self.weight is not None else None
         b = self.bias.float() if self.bias is not None else None
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+            # The CPU kernel takes bf16 data with float32 affine weights and accumulates in float32: the same
+            # result as the float32 round trip below without its two full-size copies (~10% of a bf16 step).
+            return F.group_norm(x, self.num_groups, w, b, self.eps)
+        if x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16) and self.weight.dtype == x.dtype:
+            # CUDA's half-precision kernel keeps its statistics and affine in float32 too (as diffusers' UNets run
+            # nn.GroupNorm in fp16): the float32 round trip would only add memory traffic.
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
+def _silu(x: Tensor) -> Tensor:
+    """SiLU, in place when no autograd graph is being recorded (x is always a fresh normalised tensor here)."""
+    return F.silu(x, inplace=not torch.is_grad_enabled() or torch.is_inference_mode_enabled())
 
 
 class ResBlock(nn.Module):
@@ -152,15 +165,16 @@ class ResBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.in_layers(x)
+        norm_in, _, conv_in = self.in_layers
+        h = conv_in(_silu(norm_in(x)))
         e = self.emb_layers(emb).to(h.dtype)[:, :, None, None]
-        norm, rest = self.out_layers[0], self.out_layers[1:]
+        norm, conv = self.out_layers[0], self.out_layers[3]
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
             h = torch.addcmul(shift, norm(h), 1 + scale)
         else:
             h = norm(h + e)
-        h = rest(h)
+        h = conv(_silu(h))
         return self.skip_connection(x) + h
 
 
@@ -177,15 +191,18 @@ class AttentionBlock(nn.Module):
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, hh, ww = x.shape
-        x = x.reshape(b, c, hh * ww)
-        qkv = self.qkv(self.norm(x))  # [B, 3C, T]
+        shape = x.shape
+        b, c = shape[:2]
+        # Token-major [B, T, C] throughout (a free view of a channels_last map), the 1x1 convs as matmuls: q, k
+        # and v then have unit stride in their last dimension, which the fused (flash) SDPA kernels need; the
+        # channel-major layout fell back to the unfused math path (2.6x slower at the 32 px level on CPU).
+        tokens = self.norm(x).reshape(b, c, -1).transpose(1, 2)  # [B, T, C]
+        qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)  # [B, T, 3C]
         ch = c // self.num_heads
-        qkv = qkv.reshape(b, self.num_heads, 3 * ch, hh * ww).transpose(-1, -2)  # [B, H, T, 3ch]
-        q, k, v = qkv.split(ch, dim=-1)
+        q, k, v = qkv.unflatten(-1, (self.num_heads, 3 * ch)).transpose(1, 2).split(ch, dim=-1)  # [B, H, T, ch]
         a = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(ch), as the original
-        a = a.transpose(-1, -2).reshape(b, c, hh * ww)
-        return (x + self.proj_out(a)).reshape(b, c, hh, ww)
+        a = F.linear(a.transpose(1, 2).flatten(2), self.proj_out.weight.squeeze(-1), self.proj_out.bias)
+        return x + a.transpose(1, 2).reshape(shape)
 
 
 class Downsample(nn.Module):
@@ -300,7 +317,8 @@ class IDDPMUNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h).to(x.dtype).contiguous()
+        norm, _, conv = self.out
+        return conv(_silu(norm(h))).to(x.dtype).contiguous()
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -25,6 +25,7 @@ from ..archs.iddpm_unet import IDDPMUNet, IDDPMUNetConfig, infer_iddpm_config, i
 from ..archs.registry import load_architecture
 from ..models.checkpoint import CheckpointError
 from ..models.files import check_licence
+from ..utils.precision import parse_dtype
 from .priors import DiffusersUNetAdapter, DiffusionPrior
 from .schedules import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
 
@@ -128,7 +129,7 @@ def _load_diffusers(folder: Path, device, dtype, sample_size: int | None) -> Dif
 def load_prior(
     path: str | os.PathLike,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     *,
     config: IDDPMUNetConfig | None = None,
     sample_size: int | None = None,
@@ -138,10 +139,13 @@ def load_prior(
 
     `config` overrides the structure inferred from a DifFace-layout file; `sample_size` overrides
     the nominal training resolution; `channels_last` stores the conv weights channels-last (faster
-    CPU convolutions; outputs stay NCHW). Raises `CheckpointError` (naming the file) for a
-    missing, truncated or foreign file.
+    CPU convolutions; outputs stay NCHW). `dtype` may be a name ("fp32", "bf16", "fp16", or "auto":
+    the device's fastest correct precision, `bfr_core.utils.precision.preferred_dtype`). Raises
+    `CheckpointError` (naming the file) for a missing, truncated or foreign file.
     """
     check_licence(path)  # $BFR_COMMERCIAL_ONLY
+    if isinstance(dtype, str):
+        dtype = parse_dtype(dtype, device)
     prior = _load_prior(path, device, dtype, config, sample_size)
     if channels_last:
         nn.Module.to(prior.model, memory_format=torch.channels_last)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from typing import Any, Callable, Sequence
 
 import torch
@@ -66,17 +67,52 @@ __all__ = ["BUILTIN_SAMPLERS", "BuiltinSampler", "Noise", "SchedulerSampler", "c
 
 class Noise:
     """Per-face noise: ``draw()`` → [n, *shape] float32 on ``device``; face k's draw comes from ``generators[k]``
-    (diffusers' ``randn_tensor`` with a list of CPU generators), so it does not depend on the batch."""
+    (diffusers' ``randn_tensor`` with a list of CPU generators), so it does not depend on the batch.
 
-    def __init__(self, generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device):
+    ``prefetch`` (for GPUs): the CPU draws one call ahead in background threads (one face per thread, each face's
+    generator used by one thread in order, so the values are the same), into pinned memory copied without blocking.
+    A batch of 16 faces at 512 px is 12.6M normal samples per step, tens of ms of one CPU core: drawn in line, that
+    would cost more than the GPU's UNet step. Only for samplers that draw solely through `draw` (the built-ins; a
+    diffusers scheduler draws from ``generators`` itself). The last prefetched draw is wasted (the generators are
+    per call).
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device,
+                 prefetch: bool = False):
         self.generators = list(generators)
         self.shape = (len(self.generators), *shape)
-        self.device = device
+        self.device = torch.device(device)
+        self._pool = None
+        self._pending = None
+        if prefetch and self.generators:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=min(len(self.generators), os.cpu_count() or 1),
+                                            thread_name_prefix="bfr-noise")
+            self._pending = self._submit()
+
+    def _submit(self) -> list:
+        pin = self.device.type == "cuda"
+        buf = torch.empty(self.shape, dtype=torch.float32, pin_memory=pin)
+        # randn is empty + normal_: filling face k's slice from its generator gives randn_tensor's values
+        return [self._pool.submit(buf[k].normal_, generator=g) for k, g in enumerate(self.generators)] + [buf]
 
     def draw(self) -> Tensor:
-        from diffusers.utils.torch_utils import randn_tensor
+        if self._pool is None:
+            from diffusers.utils.torch_utils import randn_tensor
 
-        return randn_tensor(self.shape, generator=self.generators, device=self.device, dtype=torch.float32)
+            return randn_tensor(self.shape, generator=self.generators, device=self.device, dtype=torch.float32)
+        *faces, buf = self._pending
+        for f in faces:
+            f.result()
+        self._pending = self._submit()
+        return buf.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        """Stops the background draws (pending ones finish); `draw` then draws in line."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = self._pending = None
 
     __call__ = draw
 
@@ -206,6 +242,8 @@ def configure_scheduler(scheduler: Any, acp: Tensor, clip_sample: float | None =
 
 class SchedulerSampler:
     """Drives a diffusers scheduler instance through its public API (module docstring)."""
+
+    draws_from_generators = True  # its step() draws from the per-face generators directly (no Noise prefetch)
 
     def __init__(self, scheduler: Any, acp: Tensor, t_start: int, timesteps: Sequence[int] | None = None,
                  steps: int | None = None, eta: float | None = None, clip_sample: float | None = 1.0):

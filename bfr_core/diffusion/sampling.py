@@ -30,7 +30,9 @@ Noise
 Face k of a chunk draws all its noise from ``generators[k]`` (CPU, float32, moved to the model's device): first ε
 for x_N (shape [c, h, w]), then whatever its sampler draws (built-in DDIM with η > 0: one draw per step; a
 diffusers scheduler: its ``step(..., generator=...)`` draws). So a face's result does not depend on its batch
-neighbours, on chunking or OOM retries, and is the same on any device up to the model's own numerics.
+neighbours, on chunking or OOM retries, and is the same on any device up to the model's own numerics. On a CUDA
+device the built-in samplers' draws are made one step ahead in background threads (`samplers.Noise`; same values),
+so drawing a large batch's noise on the CPU overlaps the UNet instead of stalling the GPU.
 """
 from __future__ import annotations
 
@@ -173,5 +175,10 @@ def sample_latents(
         faces = torch.arange(x0.shape[0])
     model = ModelDenoiser(prior, acp, model_dtype=model_dtype, autocast_dtype=autocast_dtype, guidance=guidance,
                           faces=faces, cond=cond)
-    noise = Noise(generators, tuple(x0.shape[1:]), x0.device)
-    return sampler.run(model, x0.float(), acp, noise, callback)
+    # on a GPU the CPU draws the next step's noise while the UNet runs (`Noise`)
+    prefetch = x0.device.type == "cuda" and not getattr(sampler, "draws_from_generators", False)
+    noise = Noise(generators, tuple(x0.shape[1:]), x0.device, prefetch=prefetch)
+    try:
+        return sampler.run(model, x0.float(), acp, noise, callback)
+    finally:
+        noise.close()

@@ -41,6 +41,7 @@ from ..archs.registry import load_architecture
 from ..archs.swinir import is_swinir_state_dict, load_swinir  # noqa: F401  (kept importable from here)
 from ..models.checkpoint import CheckpointError, CheckpointOrigin, checkpoint_origin
 from ..models.files import check_licence
+from ..utils.precision import parse_dtype
 from ..utils.tensors import resize_antialiased
 
 EXPECTED_KIND = ("face-restoration backbone spandrel can load (DifFace SwinIR swinir_restoration512_L1.pth, "
@@ -139,6 +140,12 @@ class SpandrelRestorer(_ResizingRestorer):
         self._call_fn = getattr(descriptor, "_call_fn", None) or _first_output
 
     def _run(self, inp: Tensor) -> Tensor:
+        if inp.dtype in (torch.float16, torch.bfloat16):
+            # Some spandrel networks make float32 tensors of their own on the way (SwinIR's shift masks at sizes
+            # other than its training size) and then fail on a float32 @ bf16 matmul; autocast at the weights'
+            # precision casts those, and leaves the rest as it was (weights and activations already in it).
+            with torch.autocast(inp.device.type, dtype=inp.dtype):
+                return self._call_fn(self.model, inp).clamp(0, 1)
         return self._call_fn(self.model, inp).clamp(0, 1)
 
 
@@ -196,14 +203,17 @@ def _load_without_spandrel(path: str | os.PathLike, device: str | torch.device, 
 
 
 def load_restorer(path: str | os.PathLike | None, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+                  dtype: torch.dtype | str = torch.float32) -> torch.nn.Module:
     """Backbone f for DifFace: identity for None/"none", otherwise the spandrel model in ``path`` (without spandrel:
     the own SwinIR port for SwinIR files; see module doc). Both go through `bfr_core.archs.registry`.
 
     ``dtype`` the model does not support (spandrel's ``supports_half``/``supports_bfloat16``; DifFace's SwinIR has
     no fp16) falls back to float32 with a warning. The module is in eval mode with gradients off (inference); for
     fine-tuning see `bfr_core.training.trainable`, and `bfr_core.training.save_backbone` to write it back.
+    ``dtype`` may be a name ("fp32", "bf16", "fp16", "auto" = `bfr_core.utils.precision.preferred_dtype`).
     """
+    if isinstance(dtype, str):
+        dtype = parse_dtype(dtype, device)
     if path is None or (isinstance(path, str) and path.strip().lower() in ("", "none")):
         return IdentityRestorer()
     check_licence(path)  # $BFR_COMMERCIAL_ONLY

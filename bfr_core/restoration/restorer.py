@@ -12,10 +12,19 @@ prior (``restorer=None``: the backbone already ran; on one device the result is 
 the last bits). The result comes back at the crops' own size, on their device.
 
 Settings are checked when the restorer is made (sampler name, steps, eta against the strength; identity guidance
-needs a pixel prior), so a bad value fails before any face is processed.
+needs a pixel prior; the compile mode), so a bad value fails before any face is processed.
+
+Speed (`bfr_core.utils.acceleration`): on the CPU the prior's network is put in channels_last memory format on the
+first call (``channels_last=None``: on for the CPU, left alone elsewhere; the weights are changed in place, the
+results only by float rounding). ``compile`` ("off" by default; True/"default", "max-autotune", or
+"reduce-overhead" = CUDA graphs) runs the prior's network through ``torch.compile`` — compiled once per network and
+mode and reused by every restorer sharing the prior; a failure falls back to eager with a warning. The precision
+is the prior's (load it with ``dtype="auto"``: bf16 on CPUs with native bf16 and on recent GPUs, see
+`bfr_core.utils.precision.preferred_dtype`).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -26,7 +35,8 @@ from ..diffusion.priors import DenoiserPrior, LatentPrior, as_prior
 from ..diffusion.samplers import resolve_sampler
 from ..diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STRENGTH, strength_to_timestep
 from ..identity.settings import IdentitySettings
-from ..utils import ProgressCallback
+from ..utils import ProgressCallback, device_dtype_of
+from ..utils.acceleration import check_compile_mode, compiled, to_channels_last, wants_channels_last
 from ..utils.layout import check_images
 from .backbones import IdentityRestorer
 from .difface import restore_faces
@@ -43,7 +53,8 @@ class FaceRestorer:
     the diffusion chain is re-generated (0 = the backbone's estimate, 0.4 = DifFace). steps, sampler, eta: the
     sampling schedule (see `restore_faces`; the default preset "fast" is 20 DDIM steps, η 0.5). identity:
     `IdentitySettings` for identity guidance (needs a pixel prior). batch_size: faces per network call (halves itself on out-of-memory). dtype: the prior's compute precision.
-    progress: the default ``progress(done, total)`` callback of calls that pass none.
+    progress: the default ``progress(done, total)`` callback of calls that pass none. channels_last, compile: how the
+    prior's network runs (module docstring: None = channels_last on the CPU; compile off by default).
     """
 
     prior: DenoiserPrior | None = None
@@ -56,8 +67,11 @@ class FaceRestorer:
     batch_size: int = 4
     dtype: torch.dtype | None = field(default=None, repr=False)
     progress: ProgressCallback | None = field(default=None, repr=False)
+    channels_last: bool | None = None
+    compile: Any = "off"  # "off" | True / "default" | "max-autotune" | "reduce-overhead"
 
     def __post_init__(self) -> None:
+        self.compile = check_compile_mode(self.compile)
         if isinstance(self.backbone, IdentityRestorer):
             self.backbone = None  # the "none" backbone: same result, no resize round trip
         if self.identity is not None and self.prior is None:
@@ -114,7 +128,21 @@ class FaceRestorer:
         guidance = None
         if self.identity is not None:
             guidance = self.identity.build(estimates, self.prior.alphas_cumprod)
-        out = restore_faces(estimates, self.prior, restorer=None, strength=self.strength, steps=self.steps,
+        out = restore_faces(estimates, self._fast_prior(), restorer=None, strength=self.strength, steps=self.steps,
                             sampler=self.sampler, eta=self.eta, seed=seed, guidance=guidance,
                             batch_size=self.batch_size, dtype=self.dtype, progress=progress, seeds=seeds)
         return resize_crops(out, hw).to(crops.dtype)
+
+    def _fast_prior(self) -> Any:
+        """The prior with its network laid out and compiled as this recipe's speed settings say (module docstring);
+        the prior object itself when there is nothing to change."""
+        model = getattr(self.prior, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            return self.prior
+        if wants_channels_last(device_dtype_of(model)[0], self.channels_last):
+            to_channels_last(model)
+        if self.compile == "off":
+            return self.prior
+        fast = copy.copy(self.prior)  # shares everything but the network it calls
+        fast.model = compiled(model, self.compile)
+        return fast
