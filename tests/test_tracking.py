@@ -185,3 +185,77 @@ def test_temporal_blend_is_a_per_track_moving_average_across_chunks():
     assert torch.equal(TrackMemory().restored(crops, torch.zeros(6, dtype=torch.long), torch.arange(6)), crops)
     with pytest.raises(ValueError, match="blend"):
         TrackMemory(blend=1.0)
+
+
+# --------------------------------------------------------------------------- through restore_images
+def _two_face_frames(faces64: torch.Tensor, order: list[tuple[int, int]]):
+    """Identical frames [T, 3, 80, 180] holding two faces side by side (aligned, 64 px; each the average of two
+    of the analytic prior's faces, so the noise decides where the prior takes it), and their detections listed in
+    the given order of slots per frame."""
+    canvas = torch.full((3, 80, 180), 0.5)
+    offsets = [(8, 10), (100, 10)]
+    for slot, (a, b) in enumerate(((0, 2), (1, 3))):
+        x, y = offsets[slot]
+        canvas[:, y:y + 64, x:x + 64] = (faces64[a] + faces64[b]) / 2
+    template = ffhq_template(512).float() * 64 / 512
+    frames, dets = [], []
+    for slots in order:
+        lms = torch.stack([template + torch.tensor(offsets[s], dtype=torch.float32) for s in slots])
+        boxes = torch.stack([torch.tensor([x, y, x + 64, y + 64], dtype=torch.float32)
+                             for x, y in (offsets[s] for s in slots)])
+        frames.append(canvas)
+        dets.append(FaceDetections(boxes, lms, torch.full((len(slots),), 0.9)))
+    return torch.stack(frames), dets
+
+
+def test_a_tracked_person_gets_the_same_noise_in_every_frame(faces64, one_thread):
+    """Two identical frames whose detector lists the two people in opposite orders: tracked, each person is
+    restored with the same noise in both frames (the frames come out identical); untracked, the noise follows the
+    list position and the frames differ."""
+    from types import SimpleNamespace
+
+    from analytic_prior import linear_alphas_cumprod
+    from bfr_core.restoration.pipeline import restore_images
+    from bfr_core.restoration.restorer import FaceRestorer
+
+    frames, dets = _two_face_frames(faces64, [(0, 1), (1, 0)])
+    # A prior that predicts no noise at all: every bit of the sampler's noise stays in the result (the analytic
+    # prior would pull both seeds onto the same face and hide the difference).
+    keep_noise = SimpleNamespace(model=lambda x, t: torch.zeros_like(x), alphas_cumprod=linear_alphas_cumprod(),
+                                 sample_size=64, in_channels=3, learned_variance=False)
+    restorer = FaceRestorer(keep_noise, strength=0.3, steps=4, sampler="ddim", eta=1.0)
+    tracked = restore_images(frames, None, restorer, crop_size=64, seed=5, detections=track_faces(dets))
+    assert tracked.faces.track_id.tolist() == [0, 1, 1, 0]
+    assert torch.equal(tracked.images[0], tracked.images[1])
+    untracked = restore_images(frames, None, restorer, crop_size=64, seed=5, detections=dets)
+    assert (untracked.images[0] - untracked.images[1]).abs().max() > 0.01
+
+
+def test_restore_images_blends_per_track_across_chunks(faces64):
+    """TrackMemory in restore_images: chunk 2's restored crop is the moving average with chunk 1's, per track."""
+    from bfr_core.restoration.pipeline import PasteOptions, restore_images
+
+    frames, dets = _two_face_frames(faces64, [(0, 1), (1, 0)])
+    frames = frames.clone()
+    frames[1] = (frames[1] * 0.8).clamp(0, 1)  # the second frame darker
+    tracked = track_faces(dets)
+    plain = restore_images(frames, None, None, crop_size=64, detections=tracked)
+    memory = TrackMemory(blend=0.25)
+    first = restore_images(frames[:1], None, None, crop_size=64, detections=tracked[:1], temporal=memory)
+    second = restore_images(frames[1:], None, None, crop_size=64, detections=tracked[1:], temporal=memory)
+    torch.testing.assert_close(first.restored, plain.restored[:2])
+    # frame 1 lists track 1 first: its crops blend with frame 0's crops of the same tracks (0 ↔ 1 swapped)
+    expected = 0.25 * plain.restored[:2].flip(0) + 0.75 * plain.restored[2:]
+    torch.testing.assert_close(second.restored, expected)
+    assert memory.frame == 2
+    # Colour matching against the track's averaged input: frame 1's faces get the mean of both frames' colours
+    # (mean_std on a uniformly darker copy is exact), where matching to the frame's own crop changes nothing.
+    memory = TrackMemory(color=0.5)
+    opts = PasteOptions(color_match="mean_std")
+    restore_images(frames[:1], None, None, paste=opts, crop_size=64, detections=tracked[:1], temporal=memory)
+    steady = restore_images(frames[1:], None, None, paste=opts, crop_size=64, detections=tracked[1:], temporal=memory)
+    own = restore_images(frames[1:], None, None, paste=opts, crop_size=64, detections=tracked[1:])
+    face = steady.coverage[0] > 0.99
+    mid = (frames[0] + frames[1]) / 2
+    assert (steady.images[0] - mid).abs()[:, face].mean() < 0.01
+    assert (own.images[0] - frames[1]).abs()[:, face].mean() < 0.01

@@ -92,14 +92,14 @@ def restore_images(images: Tensor, detector: FaceDetector | None, restorer: Crop
     if temporal is not None:
         restored = temporal.restored(restored, faces.track_id, faces.image_index)
     masks = crop_masks(restored, paste, parser)
-    color_match = paste.color_match
+    color_match, pasted = paste.color_match, restored
     if temporal is not None:
         if color_match != "none":  # matched here against the track's steady reference, not in paste_faces
             reference = crops if crops.shape[-1] == restored.shape[-1] else F.interpolate(
                 crops, size=restored.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
             reference = temporal.color_reference(reference, faces.track_id, faces.image_index)
-            restored = match_colors(restored, reference.to(restored), masks, color_match)
+            pasted = match_colors(restored, reference.to(restored), masks, color_match)
             color_match = "none"
         temporal.advance(images.shape[0])
-    out, coverage = paste_faces(rgb, restored, faces, masks, color_match, progress)
+    out, coverage = paste_faces(rgb, pasted, faces, masks, color_match, progress)
     return RestoreResult(merge_alpha(out, alpha, images.shape[1]), coverage, faces, crops, restored, detections)
