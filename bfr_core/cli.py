@@ -107,6 +107,12 @@ def _add_track_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=_number(float, 0.0), default=4.0,
                    help="One-Euro speed coefficient (per face size per second): higher = less lag (default 4)")
     g.add_argument("--d-cutoff", type=_number(float, 1e-3), default=1.0, help="One-Euro speed cutoff in Hz (1)")
+    g.add_argument("--smoother", choices=("one_euro", "kalman"), default="one_euro",
+                   help="landmark filter: one_euro (default) or kalman (constant velocity: no lag on steady pans)")
+    g.add_argument("--process-noise", type=_number(float, 1e-6), default=0.5,
+                   help="kalman: acceleration noise in face sizes/s² (higher follows speed changes sooner; 0.5)")
+    g.add_argument("--measurement-noise", type=_number(float, 1e-6), default=0.01,
+                   help="kalman: landmark noise in face sizes (default 0.01)")
     g.add_argument("--max-gap", type=_number(int, 0), default=30,
                    help="frames a face may be missing and keep its track id when it comes back (default 30)")
 
@@ -116,7 +122,8 @@ def _tracker(args: argparse.Namespace, fps: float = 30.0):
     from .faces.smoothing import SmoothingOptions
     from .faces.tracking import FaceTracker, TrackOptions
 
-    smoothing = SmoothingOptions(args.min_cutoff, args.beta, args.d_cutoff, fps) if args.smooth else None
+    smoothing = SmoothingOptions(args.min_cutoff, args.beta, args.d_cutoff, fps, args.smoother, args.process_noise,
+                                 args.measurement_noise) if args.smooth else None
     return FaceTracker(TrackOptions(max_gap=args.max_gap), smoothing)
 
 
@@ -365,22 +372,24 @@ def _restore_video(path: str, target: Path, detector, restorer, paste, crop_size
                    args: argparse.Namespace) -> tuple[int, int]:
     """Restore a video file chunk by chunk into ``target`` (same container type, size, timing and audio):
     faces tracked and smoothed, the same noise per track, optional blending. Returns (frames, faces)."""
-    from .faces.detection.batch import detect_faces
     from .io.video import VideoWriter, probe_video, read_video
-    from .restoration.pipeline import restore_images
+    from .restoration.video import restore_clip
 
     info = probe_video(path)
-    tracker = _tracker(args, float(info.fps))
-    memory = _track_memory(args)
+    chunks = read_video(path, args.chunk_frames)
+    stamps: list = []
+
+    def frames_of():
+        for frames, pts in chunks:
+            stamps.append(pts)
+            yield frames.to(args.device)
+
     frames = faces = 0
     with VideoWriter(target, path) as writer:
-        for chunk, pts in read_video(path, args.chunk_frames):
-            chunk = chunk.to(args.device)
-            detections = [tracker.update(d) for d in detect_faces(detector, chunk, _options(args))]
-            res = restore_images(chunk, None, restorer, paste=paste, crop_size=crop_size, seed=args.seed,
-                                 detections=detections, temporal=memory)
-            writer.write(res.images, pts)
-            frames += chunk.shape[0]
+        for res in restore_clip(frames_of(), detector, restorer, _options(args), paste, crop_size, seed=args.seed,
+                                tracker=_tracker(args, float(info.fps)), temporal=_track_memory(args)):
+            writer.write(res.images, stamps.pop(0))
+            frames += res.images.shape[0]
             faces += len(res.faces)
     return frames, faces
 

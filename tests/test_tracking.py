@@ -259,3 +259,35 @@ def test_restore_images_blends_per_track_across_chunks(faces64):
     mid = (frames[0] + frames[1]) / 2
     assert (steady.images[0] - mid).abs()[:, face].mean() < 0.01
     assert (own.images[0] - frames[1]).abs()[:, face].mean() < 0.01
+
+
+def test_kalman_follows_a_steady_pan_without_lag_and_removes_jitter():
+    """Constant velocity + 1 px noise: the constant-velocity Kalman filter's steady-state lag is ~0 (a One-Euro
+    filter trails), and the jitter is at least 3x lower than the raw landmarks'."""
+    from bfr_core.faces.smoothing import KalmanFilter, smooth_points
+
+    g = torch.Generator().manual_seed(2)
+    fps, v = 30.0, 90.0
+    t = torch.arange(150, dtype=torch.float64) / fps
+    truth = _face(100, 100)[1].double()[None] + torch.stack([v * t, 0.5 * v * t], -1)[:, None]
+    noisy = truth + torch.randn(truth.shape, generator=g, dtype=torch.float64)
+    opts = SmoothingOptions(fps=fps, method="kalman", process_noise=0.5, measurement_noise=0.01)
+    out = smooth_points(noisy, opts, size=SIZE)
+    lag = (truth[60:] - out[60:]).mean((0, 1))
+    assert lag.abs().max() < 0.3  # px, against 3 px of motion per frame
+    euro_lag = (truth[60:] - one_euro(noisy, opts, size=SIZE)[60:]).mean((0, 1))
+    assert euro_lag[0] > 1.0
+    jitter = lambda x: (x[61:] - x[60:-1] - (truth[61:] - truth[60:-1])).norm(dim=-1).mean()  # noqa: E731
+    assert jitter(out) * 3 < jitter(noisy)
+    # Still face: it moves at least 3x less from frame to frame than the raw landmarks, and stays near the truth.
+    still = truth[:1].expand(150, -1, -1) + torch.randn(150, 5, 2, generator=g, dtype=torch.float64)
+    out = smooth_points(still, opts, size=SIZE)
+    shake = lambda x: (x[31:] - x[30:-1]).norm(dim=-1).mean()  # noqa: E731
+    assert shake(out) * 3 < shake(still)
+    assert (out[30:] - truth[0]).norm(dim=-1).mean() < (still[30:] - truth[0]).norm(dim=-1).mean()
+    with pytest.raises(ValueError, match="method"):
+        SmoothingOptions(method="median")
+    f = KalmanFilter(opts)
+    f.filter(torch.zeros(5, 2), 0.0)
+    with pytest.raises(ValueError, match="time must increase"):
+        f.filter(torch.zeros(5, 2), 0.0)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .smoothing import OneEuroFilter, SmoothingOptions
+from .smoothing import KalmanFilter, OneEuroFilter, SmoothingOptions, make_filter
 from .types import FaceDetections
 
 
@@ -99,7 +99,7 @@ class _Track:
     box: Tensor  # last detected box [4]
     landmarks: Tensor  # last detected landmarks [5, 2]
     last_frame: int
-    smoother: OneEuroFilter | None = field(default=None, repr=False)
+    smoother: OneEuroFilter | KalmanFilter | None = field(default=None, repr=False)
 
 
 class FaceTracker:
@@ -140,7 +140,7 @@ class FaceTracker:
             track.box, track.landmarks, track.last_frame = boxes[j], landmarks[j], self.frame
             if self.smoothing is not None:
                 if track.smoother is None:
-                    track.smoother = OneEuroFilter(self.smoothing)
+                    track.smoother = make_filter(self.smoothing)
                 smoothed[j] = track.smoother.filter(landmarks[j], self.frame / self.smoothing.fps, sizes[j])
         for tid in [t for t, tr in self.tracks.items() if self.frame - tr.last_frame > self.options.max_gap]:
             del self.tracks[tid]
