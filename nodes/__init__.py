@@ -8,6 +8,7 @@ from .comfy_glue import register_model_folders
 from .detect import BFRDetectFaces, BFRLoadFaceDetector
 from .identity import BFRFaceSimilarity, BFRIdentityGuidance, BFRLoadFaceRecognizer
 from .restore import BFRDiffusionRestore, BFRLoadDiffusionPrior, BFRLoadRestorer, BFRRestoreFaces
+from .track import BFRBlendFaceTracks, BFRTrackFaces
 
 register_model_folders()
 
@@ -24,6 +25,8 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     BFRLoadFaceRecognizer,
     BFRIdentityGuidance,
     BFRFaceSimilarity,
+    BFRTrackFaces,
+    BFRBlendFaceTracks,
 ]
 
 
