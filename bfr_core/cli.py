@@ -11,7 +11,7 @@ from pathlib import Path
 # Only torch-free modules at import time: `--help` and argument errors answer at once; the work imports the rest.
 from .diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from .faces.detection.options import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, DetectOptions
-from .io.video import VIDEO_SUFFIXES
+from .io.video import VIDEO_SUFFIXES, VideoReadError
 from .models import files as model_files
 from .models.errors import CheckpointError
 from .utils.precision import PRECISIONS, parse_dtype
@@ -150,7 +150,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if _is_video(path):
             try:
                 out += _detect_video(path, detector, args)
-            except ValueError as exc:
+            except VideoReadError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 unreadable.append(str(path))
             continue
@@ -332,9 +332,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if _is_video(path):
             try:
                 frames, video_faces = _restore_video(path, target, detector, restorer, paste, crop_size, args)
-            except ValueError as exc:
-                if not str(exc).startswith(("cannot read video", "cannot decode video", "video not found")):
-                    raise
+            except VideoReadError as exc:  # this file only; anything else (models, disk) stops the run
                 print(f"error: {exc}", file=sys.stderr)
                 unreadable.append(str(path))
                 continue

@@ -176,3 +176,16 @@ def test_pan_truth_helper_maps_points_like_the_frames():
     for f, (x, y) in zip(frames, pts):
         yy, xx = np.unravel_index(np.argmax(f[..., 0]), f.shape[:2])
         assert abs(xx - x) <= 1 and abs(yy - y) <= 1
+
+
+def test_cli_reports_a_broken_video_and_goes_on(face_clip, tmp_path, yunet_path, capsys):
+    """One unreadable video is reported (exit code 2); the other inputs are still restored."""
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 64)
+    out = tmp_path / "OUT"
+    code = main(["restore", str(bad), str(face_clip), "-o", str(out), "--models-dir", str(yunet_path.parent),
+                 "--align-only", "--crop-size", "64", "--chunk-frames", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.mp4" in err
+    assert (out / "clip.mp4").is_file() and not (out / "broken.mp4").exists()
+    assert main(["detect", str(bad), "--models-dir", str(yunet_path.parent), "--json"]) == 2

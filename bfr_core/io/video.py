@@ -31,6 +31,10 @@ CONTAINERS = {
 VIDEO_SUFFIXES = tuple(CONTAINERS)
 
 
+class VideoReadError(ValueError):
+    """A video file that cannot be opened or decoded (the message names the file)."""
+
+
 def import_av():
     try:
         import av
@@ -53,19 +57,19 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Size, frame count, frame rate and audio presence of a video file (ValueError naming the file if unreadable)."""
     av = import_av()
     if not Path(path).is_file():
-        raise ValueError(f"video not found: {path}")
+        raise VideoReadError(f"video not found: {path}")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise ValueError(f"{path} has no video stream")
+                raise VideoReadError(f"{path} has no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             if not rate:
-                raise ValueError(f"{path}: the video stream states no frame rate")
+                raise VideoReadError(f"{path}: the video stream states no frame rate")
             return VideoInfo(stream.codec_context.width, stream.codec_context.height, int(stream.frames or 0),
                              Fraction(rate), Fraction(stream.time_base), bool(container.streams.audio))
     except av.error.FFmpegError as exc:
-        raise ValueError(f"cannot read video {path}: {exc}") from None
+        raise VideoReadError(f"cannot read video {path}: {exc}") from None
 
 
 def frames_to_tensor(frames: list[np.ndarray]) -> Tensor:
@@ -94,7 +98,7 @@ def read_video(path: str | os.PathLike, chunk: int = 16) -> Iterator[tuple[Tenso
                     yield frames_to_tensor(frames), pts
                     frames, pts = [], []
     except av.error.FFmpegError as exc:
-        raise ValueError(f"cannot decode video {path}: {exc}") from None
+        raise VideoReadError(f"cannot decode video {path}: {exc}") from None
     if frames:
         yield frames_to_tensor(frames), pts
 
