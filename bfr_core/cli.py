@@ -101,7 +101,7 @@ def _add_track_args(p: argparse.ArgumentParser) -> None:
                    help="treat the images (in the listed, sorted order) as one sequence: faces are tracked across "
                         "them, so a person keeps one id (and, when restoring, the same noise)")
     g.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=True,
-                   help="smooth each track's landmarks with a One-Euro filter (default on)")
+                   help="smooth each track's landmarks with the --smoother filter (default on)")
     g.add_argument("--min-cutoff", type=_number(float, 1e-3), default=0.5,
                    help="One-Euro minimum cutoff in Hz: lower = steadier still faces (default 0.5)")
     g.add_argument("--beta", type=_number(float, 0.0), default=4.0,

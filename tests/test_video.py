@@ -121,7 +121,7 @@ def test_cli_restores_a_video_file(face_clip, tmp_path, yunet_path, capsys):
     """`restore clip.mp4 -o OUT/` writes OUT/clip.mp4: same frames, rate, size and audio; faces pasted."""
     out = tmp_path / "OUT"
     code = main(["restore", str(face_clip), "-o", str(out), "--models-dir", str(yunet_path.parent),
-                 "--align-only", "--chunk-frames", "4", "--color-match", "mean_std", "--crop-size", "128"])
+                 "--align-only", "--chunk-frames", "4", "--color-match", "mean_std", "--crop-size", "64"])
     assert code == 0, capsys.readouterr().err
     assert (out / "clip.mp4").is_file() and not (out / "clip.png").exists()
     assert _streams(face_clip) == _streams(out / "clip.mp4")
