@@ -6,6 +6,9 @@ Main entry points:
     align_faces(images, detections)        FFHQ-aligned crops + AlignedFaces
     paste_faces(images, crops, faces)      seamless paste-back → (images, coverage mask)
     restore_images(images, detector, ...)  the whole pipeline
+    track_faces(detections) / FaceTracker  face tracks across video frames, landmarks smoothed per track
+    restore_clip(chunks, detector, ...)    a video's frame chunks restored with tracks, per-track noise and memory
+    read_video(path) / VideoWriter         video files in chunks (PyAV), same timing and audio out
     load_prior(path) / load_restorer(path) the DifFace prior and backbone (or diffusers / spandrel models)
     restore_faces(crops, prior, ...)       DifFace restoration of aligned crops (batched, seeded per face)
     generate_pseudo_targets(crops, prior)  DT-BFR pseudo-targets (prior-refined backbone estimates) for adaptation
@@ -40,6 +43,15 @@ _EXPORTS = {
     "FaceDetections": ".faces.types",
     "warp_affine": ".faces.warp",
     "warp_faces": ".faces.warp",
+    "SmoothingOptions": ".faces.smoothing",
+    "FaceTracker": ".faces.tracking",
+    "TrackOptions": ".faces.tracking",
+    "track_faces": ".faces.tracking",
+    "VideoWriter": ".io.video",
+    "probe_video": ".io.video",
+    "read_video": ".io.video",
+    "TrackMemory": ".restoration.temporal",
+    "restore_clip": ".restoration.video",
     "IdentityGuidance": ".identity",
     "cosine_distance": ".identity",
     "load_recognizer": ".identity",

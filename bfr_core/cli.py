@@ -11,6 +11,7 @@ from pathlib import Path
 # Only torch-free modules at import time: `--help` and argument errors answer at once; the work imports the rest.
 from .diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from .faces.detection.options import DETECTOR_ALIASES, SELECT_MODES, SORT_MODES, DetectOptions
+from .io.video import VIDEO_SUFFIXES, VideoReadError
 from .models import files as model_files
 from .models.errors import CheckpointError
 from .utils.devices import process_device
@@ -44,14 +45,16 @@ def _shard(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _expand_inputs(paths: list[str]) -> list[str]:
-    """Folders stand for the image files in them (sorted; not recursive); files are kept as given."""
+def _expand_inputs(paths: list[str], videos: bool = False) -> list[str]:
+    """Folders stand for the image files (and with ``videos`` the video files) in them (sorted; not recursive);
+    files are kept as given."""
+    suffixes = IMAGE_SUFFIXES + (VIDEO_SUFFIXES if videos else ())
     out: list[str] = []
     for p in paths:
         if Path(p).is_dir():
-            found = sorted(str(f) for f in Path(p).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = sorted(str(f) for f in Path(p).iterdir() if f.suffix.lower() in suffixes and f.is_file())
             if not found:
-                raise ValueError(f"{p} is a folder with no image files ({', '.join(IMAGE_SUFFIXES)})")
+                raise ValueError(f"{p} is a folder with no image files ({', '.join(suffixes)})")
             out += found
         else:
             out.append(p)
@@ -94,6 +97,43 @@ def _add_detect_args(p: argparse.ArgumentParser) -> None:
     _add_licence_arg(p)
 
 
+def _is_video(path: str) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def _add_track_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("video and photo series", "Video files are always tracked; --series tracks the listed "
+                                                        "images as the frames of one sequence.")
+    g.add_argument("--series", action="store_true",
+                   help="treat the images (in the listed, sorted order) as one sequence: faces are tracked across "
+                        "them, so a person keeps one id (and, when restoring, the same noise)")
+    g.add_argument("--smooth", action=argparse.BooleanOptionalAction, default=True,
+                   help="smooth each track's landmarks with the --smoother filter (default on)")
+    g.add_argument("--min-cutoff", type=_number(float, 1e-3), default=0.5,
+                   help="One-Euro minimum cutoff in Hz: lower = steadier still faces (default 0.5)")
+    g.add_argument("--beta", type=_number(float, 0.0), default=4.0,
+                   help="One-Euro speed coefficient (per face size per second): higher = less lag (default 4)")
+    g.add_argument("--d-cutoff", type=_number(float, 1e-3), default=1.0, help="One-Euro speed cutoff in Hz (1)")
+    g.add_argument("--smoother", choices=("one_euro", "kalman"), default="one_euro",
+                   help="landmark filter: one_euro (default) or kalman (constant velocity: no lag on steady pans)")
+    g.add_argument("--process-noise", type=_number(float, 1e-6), default=0.5,
+                   help="kalman: acceleration noise in face sizes/s² (higher follows speed changes sooner; 0.5)")
+    g.add_argument("--measurement-noise", type=_number(float, 1e-6), default=0.01,
+                   help="kalman: landmark noise in face sizes (default 0.01)")
+    g.add_argument("--max-gap", type=_number(int, 0), default=30,
+                   help="frames a face may be missing and keep its track id when it comes back (default 30)")
+
+
+def _tracker(args: argparse.Namespace, fps: float = 30.0):
+    """A face tracker with the command line's settings (fps: the video's, for the filter's time scale)."""
+    from .faces.smoothing import SmoothingOptions
+    from .faces.tracking import FaceTracker, TrackOptions
+
+    smoothing = SmoothingOptions(args.min_cutoff, args.beta, args.d_cutoff, fps, args.smoother, args.process_noise,
+                                 args.measurement_noise) if args.smooth else None
+    return FaceTracker(TrackOptions(max_gap=args.max_gap), smoothing)
+
+
 def _detector(args: argparse.Namespace):
     from .faces.detection.loading import load_detector
 
@@ -108,23 +148,57 @@ def _options(args: argparse.Namespace) -> DetectOptions:
 def cmd_detect(args: argparse.Namespace) -> int:
     from .faces.detection.batch import detect_faces
 
-    args.images = _expand_inputs(args.images)
+    args.images = _expand_inputs(args.images, videos=True)
     detector = _detector(args)
     out = []
     unreadable: list[str] = []
+    series = _tracker(args) if args.series else None
     for path in args.images:
+        if _is_video(path):
+            try:
+                out += _detect_video(path, detector, args)
+            except VideoReadError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                unreadable.append(str(path))
+            continue
         img = _read_or_report(path, unreadable)
         if img is None:
             continue
         dets = detect_faces(detector, img.rgb[None], _options(args))[0]
-        out.append({"image": str(path), "width": img.rgb.shape[2], "height": img.rgb.shape[1],
-                    "faces": dets.to_json()})
+        faces = dets.to_json() if series is None else _tracked_json(dets, series.update(dets))
+        out.append({"image": str(path), "width": img.rgb.shape[2], "height": img.rgb.shape[1], "faces": faces})
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         for item in out:
             print(f"{item['image']}: {len(item['faces'])} face(s)")
     return _report_unreadable(unreadable, len(args.images))
+
+
+def _tracked_json(detected, tracked) -> list[dict]:
+    """JSON faces with their track id and smoothed landmarks, plus the landmarks as detected."""
+    faces = tracked.to_json()
+    for face, raw in zip(faces, detected.to_json()):
+        face["detected_landmarks"] = raw["landmarks"]
+    return faces
+
+
+def _detect_video(path: str, detector, args: argparse.Namespace) -> list[dict]:
+    """One JSON entry per frame of a video file: its faces with track ids and smoothed landmarks."""
+    from .faces.detection.batch import detect_faces
+    from .io.video import probe_video, read_video
+
+    info = probe_video(path)
+    tracker = _tracker(args, float(info.fps))
+    out, index = [], 0
+    for frames, pts in read_video(path, args.chunk_frames):
+        for dets, stamp in zip(detect_faces(detector, frames.to(args.device), _options(args)), pts):
+            out.append({"video": str(path), "frame": index,
+                        "time": None if stamp is None else round(float(stamp * info.time_base), 4),
+                        "width": info.width, "height": info.height,
+                        "faces": _tracked_json(dets, tracker.update(dets))})
+            index += 1
+    return out
 
 
 def _read_or_report(path: str, unreadable: list[str]):
@@ -230,7 +304,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .restoration.pipeline import PasteOptions, restore_images
 
     _check_output(args, "results")
-    args.images = _expand_inputs(args.images)
+    args.images = _expand_inputs(args.images, videos=True)
     detector = _detector(args)
     restorer = _face_restorer(args)
     crop_size = args.crop_size or restorer.crop_size
@@ -242,7 +316,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     taken = {Path(p).resolve() for p in args.images}  # inputs, then each result as it is planned
     targets: list[Path] = []
     for path in args.images:  # checked before any work: a clash must not surface after an hour of restoring
-        target = outdir / (Path(path).stem + ".png")
+        target = outdir / (Path(path).name if _is_video(path) else Path(path).stem + ".png")
         if target.resolve() in taken:
             raise ValueError(f"{target} would overwrite an input or another result; choose another -o folder")
         taken.add(target.resolve())
@@ -251,25 +325,79 @@ def cmd_restore(args: argparse.Namespace) -> int:
     shard = args.shard or shard_from_env()
     work = shard.take(list(zip(args.images, targets)), key=lambda pair: str(pair[0]))
     skip_existing = shard.sharded if args.skip_existing is None else args.skip_existing
+    if args.series and shard.sharded:
+        raise ValueError("--series tracks faces across all the listed images; it cannot be split with --shard "
+                         "(shard videos or separate series instead)")
     unreadable: list[str] = []
     done = faces = skipped = 0
     start = time.perf_counter()
+    series = _tracker(args) if args.series else None
+    memory = _track_memory(args) if args.series else None
     for path, target in work:
         if skip_existing and target.exists():  # results are written atomically: an existing one is complete
             skipped += 1
+            continue
+        if _is_video(path):
+            try:
+                frames, video_faces = _restore_video(path, target, detector, restorer, paste, crop_size, args)
+            except VideoReadError as exc:  # this file only; anything else (models, disk) stops the run
+                print(f"error: {exc}", file=sys.stderr)
+                unreadable.append(str(path))
+                continue
+            print(f"{path}: {frames} frame(s), {video_faces} face(s) -> {target}")
+            done += 1
+            faces += video_faces
             continue
         img = _read_or_report(path, unreadable)
         if img is None:
             continue
         # Anything failing from here on (models, a full disk) would fail for every image: it stops the run.
-        res = restore_images(img.rgb[None].to(args.device), detector, restorer, _options(args), paste,
-                             crop_size=crop_size, seed=args.seed)
+        rgb = img.rgb[None].to(args.device)
+        detections = None
+        if series is not None:
+            from .faces.detection.batch import detect_faces
+
+            detections = [series.update(detect_faces(detector, rgb, _options(args))[0])]
+        res = restore_images(rgb, detector, restorer, _options(args), paste, crop_size=crop_size, seed=args.seed,
+                             detections=detections, temporal=memory)
         write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
         print(f"{path}: {len(res.faces)} face(s) -> {target}")
         done += 1
         faces += len(res.faces)
     _report_throughput(shard, len(work), done, faces, skipped, time.perf_counter() - start)
     return _report_unreadable(unreadable, len(work))
+
+
+def _track_memory(args: argparse.Namespace):
+    from .restoration.temporal import TrackMemory
+
+    return TrackMemory(blend=args.temporal_blend, color=args.color_smoothing, max_gap=args.max_gap)
+
+
+def _restore_video(path: str, target: Path, detector, restorer, paste, crop_size: int,
+                   args: argparse.Namespace) -> tuple[int, int]:
+    """Restore a video file chunk by chunk into ``target`` (same container type, size, timing and audio):
+    faces tracked and smoothed, the same noise per track, optional blending. Returns (frames, faces)."""
+    from .io.video import VideoWriter, probe_video, read_video
+    from .restoration.video import restore_clip
+
+    info = probe_video(path)
+    chunks = read_video(path, args.chunk_frames)
+    stamps: list = []
+
+    def frames_of():
+        for frames, pts in chunks:
+            stamps.append(pts)
+            yield frames.to(args.device)
+
+    frames = faces = 0
+    with VideoWriter(target, path) as writer:
+        for res in restore_clip(frames_of(), detector, restorer, _options(args), paste, crop_size, seed=args.seed,
+                                tracker=_tracker(args, float(info.fps)), temporal=_track_memory(args)):
+            writer.write(res.images, stamps.pop(0))
+            frames += res.images.shape[0]
+            faces += len(res.faces)
+    return frames, faces
 
 
 def _report_throughput(shard, planned: int, done: int, faces: int, skipped: int, seconds: float) -> None:
@@ -383,16 +511,25 @@ def _add_dtype_arg(p: argparse.ArgumentParser, default: str) -> None:
                         f"recent GPUs, fp16 on older GPUs, else fp32)")
 
 
+def _add_chunk_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chunk-frames", type=_number(int, 1, 4096), default=16,
+                   help="video frames decoded and processed at a time (memory does not grow with the length)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bfr_core", description="Blind face restoration tools")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("detect", help="detect faces and print boxes, landmarks and scores")
     _add_detect_args(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (video files: one entry per frame, each face "
+                                                       "with its track id and smoothed landmarks)")
+    _add_track_args(p)
+    _add_chunk_arg(p)
     p.set_defaults(func=cmd_detect)
     p = sub.add_parser("restore", help="detect, align, restore and paste back faces")
     _add_detect_args(p)
-    p.add_argument("-o", "--output", required=True, help="output folder (files named <input stem>.png)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder (images: <input stem>.png; videos: the input's file name)")
     p.add_argument("--prior", help="diffusion prior: iddpm_ffhq512_ema500000.pth, a .safetensors copy, or a "
                                    "diffusers UNet folder (omitted: no diffusion, the restorer's output is pasted)")
     p.add_argument("--restorer", default="none",
@@ -432,6 +569,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=None,
                    help="skip inputs whose result already exists (resume after a crash; results are written "
                         "whole or not at all). Default: on when sharded, off otherwise")
+    _add_track_args(p)
+    _add_chunk_arg(p)
+    p.add_argument("--temporal-blend", type=_number(float, 0.0, 0.99), default=0.0,
+                   help="videos/series: weight of a face's previous restored crop (moving average in aligned "
+                        "space); less flicker, some trailing on fast expressions (default 0 = off)")
+    p.add_argument("--color-smoothing", type=_number(float, 0.0, 0.99), default=0.5,
+                   help="videos/series with --color-match: colours are matched to a moving average of the face's "
+                        "input crops with this weight, so they do not flicker (default 0.5; 0 = each frame's own)")
     p.set_defaults(func=cmd_restore)
     p = sub.add_parser("align", help="write the aligned face crops of photos (e.g. for pseudo-targets)")
     _add_detect_args(p)

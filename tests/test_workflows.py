@@ -12,8 +12,14 @@ CORE_NODES = {
     "SaveImage": ([("images", "IMAGE"), ("filename_prefix", "STRING")], []),
     "PreviewImage": ([("images", "IMAGE")], []),
     "ImageSharpen": ([("image", "IMAGE"), ("sharpen_radius", "INT"), ("sigma", "FLOAT"), ("alpha", "FLOAT")], ["IMAGE"]),
+    # ComfyUI's core video nodes (comfy_extras/nodes_video.py, v0.3.64)
+    "LoadVideo": ([("file", "COMBO"), ("upload", "UPLOAD")], ["VIDEO"]),
+    "GetVideoComponents": ([("video", "VIDEO")], ["IMAGE", "AUDIO", "FLOAT"]),
+    "CreateVideo": ([("images", "IMAGE"), ("fps", "FLOAT"), ("audio", "AUDIO")], ["VIDEO"]),
+    "SaveVideo": ([("video", "VIDEO"), ("filename_prefix", "STRING"), ("format", "COMBO"), ("codec", "COMBO")], []),
 }
-LINK_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING"}
+LINK_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "VIDEO", "AUDIO"}
+UPLOAD_NODES = ("LoadImage", "LoadVideo")  # the frontend stores the upload widget's value after the file name
 
 # workflows/ui: drag-and-drop (UI) format; workflows/api: the HTTP API twins (same stem). Only
 # example_workflows/ holds JSON directly: ComfyUI lists every `<pack>/{example_workflows,workflows,...}/*.json`
@@ -30,9 +36,10 @@ def _signature(nodes_map, node_type):
         inputs = []
         for group in ("required", "optional"):
             for name, entry in spec.get(group, {}).items():
-                kind = entry[0]
-                inputs.append((name, "COMBO" if isinstance(kind, list) else kind, entry[1] if len(entry) > 1 else {},
-                               kind if isinstance(kind, list) else None))
+                kind, opts = entry[0], entry[1] if len(entry) > 1 else {}
+                if isinstance(kind, list):  # V1 combo: the choices are the type
+                    kind, opts = "COMBO", {**opts, "options": kind}
+                inputs.append((name, kind, opts, opts.get("options") if kind == "COMBO" else None))
         return inputs, list(cls.RETURN_TYPES)
     if node_type in CORE_NODES:
         ins, outs = CORE_NODES[node_type]
@@ -62,10 +69,15 @@ def test_ui_workflow_is_consistent(path, comfy_pack):
         assert link_id in (nodes[src]["outputs"][src_slot]["links"] or [])
     for node in wf["nodes"]:
         inputs, outs = _signature(nodes_map, node["type"])
-        links_in = [i["name"] for i in node.get("inputs", []) if i.get("link") is not None]
+        links_in = [i["name"] for i in node.get("inputs", []) if i.get("link") is not None and "widget" not in i]
         link_inputs = [n for n, k, _, _ in inputs if _is_link_type(k)]
         for name in links_in:
             assert name in link_inputs, f"{node['type']}.{name} is not a link input"
+        # A widget fed by a link (e.g. fps from Get Video Components) keeps its value in widgets_values.
+        widget_names = [n for n, k, _, _ in inputs if not _is_link_type(k) and k != "UPLOAD"]
+        for i in node.get("inputs", []):
+            if "widget" in i:
+                assert i["widget"]["name"] == i["name"] in widget_names, f"{node['type']}.{i['name']} is no widget"
         required = [n for n, k, _, _ in inputs if _is_link_type(k)]
         assert set(required) <= {i["name"] for i in node.get("inputs", [])}, f"{node['type']} misses a link input"
         widgets = []
@@ -75,7 +87,7 @@ def test_ui_workflow_is_consistent(path, comfy_pack):
                 if o.get("control_after_generate"):  # the frontend stores its mode right after the value
                     widgets.append((n + ":control", "CONTROL", {}, None))
         values = node["widgets_values"]
-        if node["type"] == "LoadImage":
+        if node["type"] in UPLOAD_NODES:
             values = values[:1]
         assert len(values) == len(widgets), f"{node['type']}: {len(values)} widget values for {len(widgets)} widgets"
         for value, (name, kind, opts, choices) in zip(values, widgets):
@@ -117,8 +129,14 @@ def test_api_workflow_matches_its_ui_twin(path, comfy_pack):
                     widget_names.append(None)  # the UI-only control value has no API input
         ui_values = ui_nodes[node_id]["widgets_values"]
         assert all(n is None or n in node["inputs"] for n in widget_names), f"{node_id}: a widget is missing"
+        kinds = {n: k for n, k, _, _ in inputs}
         for name, value in zip(widget_names, ui_values):
             if name is None:
+                continue
+            if isinstance(node["inputs"][name], list):  # a widget fed by a link: the link's type must fit
+                src, slot = node["inputs"][name]
+                _, outs = _signature(nodes_map, api[src]["class_type"])
+                assert outs[slot] == kinds[name], f"{node_id}.{name}: {api[src]['class_type']}[{slot}] is {outs[slot]}"
                 continue
             assert node["inputs"][name] == value, f"{node_id}.{name}: API {node['inputs'][name]!r} vs UI {value!r}"
 

@@ -1,5 +1,6 @@
 """Face geometry, from a photo to aligned crops and back: types, detection and selection, the FFHQ template and
-similarity transforms, warps, alignment, paste-back, masks and face parsing."""
+similarity transforms, warps, alignment, paste-back, masks and face parsing; face tracks and landmark smoothing
+across video frames."""
 from ..lazy import lazy_exports
 
 _EXPORTS = {
@@ -13,6 +14,12 @@ _EXPORTS = {
     "estimate_similarity": ".geometry",
     "ffhq_template": ".geometry",
     "template_mask": ".masks",
+    "KalmanFilter": ".smoothing",
+    "OneEuroFilter": ".smoothing",
+    "SmoothingOptions": ".smoothing",
+    "FaceTracker": ".tracking",
+    "TrackOptions": ".tracking",
+    "track_faces": ".tracking",
     "COLOR_MATCH_MODES": ".paste",
     "match_colors": ".paste",
     "paste_faces": ".paste",

@@ -23,12 +23,24 @@ def check_crop_size(crop_size) -> int:
     return size
 
 
+def track_ids_of(detections: list[FaceDetections]) -> Tensor | None:
+    """The detections' track ids in flat order, or None when untracked (ids then default to the detection order)."""
+    with_faces = [d for d in detections if len(d)]
+    tracked = [d.track_ids is not None for d in with_faces]
+    if not with_faces or not any(tracked):
+        return None
+    if not all(tracked):
+        raise ValueError("some images' faces are tracked and others not: track every frame of the batch (or none)")
+    return torch.cat([d.track_ids.cpu() for d in with_faces])
+
+
 def align_faces(images: Tensor, detections: list[FaceDetections], crop_size: int = 512,
                 border: str = "reflect") -> tuple[Tensor, AlignedFaces]:
     """Cut FFHQ-aligned crops for every detected face of every image.
 
     images [B, C, H, W] in [0, 1]; detections: one per image. Returns crops [F, C, S, S] on the
-    images' device and the `AlignedFaces` that paste-back needs.
+    images' device and the `AlignedFaces` that paste-back needs; tracked detections (`faces.tracking`) give their
+    track ids to `AlignedFaces.track_id` (so a person's noise seed is the same in every frame).
     """
     check_images(images, allow_empty=True)
     crop_size = check_crop_size(crop_size)
@@ -43,6 +55,7 @@ def align_faces(images: Tensor, detections: list[FaceDetections], crop_size: int
         landmarks, scores = torch.zeros(0, 5, 2), torch.zeros(0)
     affines = align_matrices(landmarks, crop_size)
     h, w = images.shape[-2:]
-    faces = AlignedFaces(image_index, affines, landmarks, scores, crop_size, [(int(h), int(w))] * len(counts), border)
+    faces = AlignedFaces(image_index, affines, landmarks, scores, crop_size, [(int(h), int(w))] * len(counts), border,
+                         track_id=track_ids_of(detections))
     crops = warp_faces(images, image_index.to(images.device), affines.to(images.device), crop_size, border)
     return crops, faces

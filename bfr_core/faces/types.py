@@ -16,11 +16,14 @@ class FaceDetections:
     landmarks: [N, 5, 2] float32, (x, y) of left eye, right eye, nose, left mouth corner,
                right mouth corner ("left" = image-left, the FFHQ template's order)
     scores:    [N] float32 in [0, 1]
+    track_ids: [N] int64 ids of the same person across the frames of a video (`faces.tracking`), or None
+               (untracked: the face's position in this list stands in)
     """
 
     boxes: Tensor
     landmarks: Tensor
     scores: Tensor
+    track_ids: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.boxes.shape[0]
@@ -29,6 +32,10 @@ class FaceDetections:
                 f"inconsistent detection shapes: boxes {tuple(self.boxes.shape)}, "
                 f"landmarks {tuple(self.landmarks.shape)}, scores {tuple(self.scores.shape)}"
             )
+        if self.track_ids is not None:
+            self.track_ids = torch.as_tensor(self.track_ids, dtype=torch.long, device=self.boxes.device)
+            if self.track_ids.shape != (n,):
+                raise ValueError(f"track_ids has shape {tuple(self.track_ids.shape)}, expected one id per face ({n},)")
 
     @staticmethod
     def empty(device: torch.device | str = "cpu") -> "FaceDetections":
@@ -41,10 +48,12 @@ class FaceDetections:
 
     def index(self, idx: Tensor | list[int]) -> "FaceDetections":
         idx_t = torch.as_tensor(idx, dtype=torch.long, device=self.boxes.device)
-        return FaceDetections(self.boxes[idx_t], self.landmarks[idx_t], self.scores[idx_t])
+        return FaceDetections(self.boxes[idx_t], self.landmarks[idx_t], self.scores[idx_t],
+                              None if self.track_ids is None else self.track_ids[idx_t])
 
     def to(self, device: torch.device | str) -> "FaceDetections":
-        return FaceDetections(self.boxes.to(device), self.landmarks.to(device), self.scores.to(device))
+        return FaceDetections(self.boxes.to(device), self.landmarks.to(device), self.scores.to(device),
+                              None if self.track_ids is None else self.track_ids.to(device))
 
     @property
     def areas(self) -> Tensor:
@@ -52,7 +61,8 @@ class FaceDetections:
         return wh[:, 0] * wh[:, 1]
 
     def to_json(self) -> list[dict]:
-        return [
+        """One dict per face: box, landmarks, score, and ``track`` when the faces are tracked."""
+        out = [
             {
                 "box": [round(float(v), 2) for v in self.boxes[i]],
                 "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks[i]],
@@ -60,6 +70,10 @@ class FaceDetections:
             }
             for i in range(len(self))
         ]
+        if self.track_ids is not None:
+            for face, track in zip(out, self.track_ids.tolist()):
+                face["track"] = int(track)
+        return out
 
 
 @dataclass

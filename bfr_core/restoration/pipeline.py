@@ -5,16 +5,18 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..faces.align import align_faces
 from ..faces.detection import FaceDetector
 from ..faces.detection.batch import DetectOptions, detect_faces
 from ..faces.masks import template_mask
-from ..faces.paste import paste_faces
+from ..faces.paste import match_colors, paste_faces
 from ..faces.types import AlignedFaces, FaceDetections
 from ..utils.layout import check_images, merge_alpha, split_alpha
 from .restorer import FaceRestorer
+from .temporal import TrackMemory
 
 log = logging.getLogger("bfr_core")
 
@@ -54,12 +56,16 @@ def restore_images(images: Tensor, detector: FaceDetector | None, restorer: Crop
                    detect: DetectOptions | None = None, paste: PasteOptions | None = None,
                    crop_size: int | None = None, border: str = "reflect", parser=None,
                    progress: Progress | None = None, *, seed: int = 0,
-                   detections: list[FaceDetections] | None = None) -> RestoreResult:
+                   detections: list[FaceDetections] | None = None,
+                   temporal: TrackMemory | None = None) -> RestoreResult:
     """The whole pipeline on a batch [B, C, H, W] in [0, 1]. Images without faces pass through.
 
     ``restorer``: a `FaceRestorer` (its crop size is the default ``crop_size``; each face's noise seed derives from
     its stable key, `AlignedFaces.face_seeds(seed)`), any crops → crops callable, or None (align + paste only).
-    ``detections``: already detected faces (one per image) instead of running ``detector``.
+    ``detections``: already detected faces (one per image) instead of running ``detector``; tracked ones
+    (`faces.tracking`) make a person's noise the same in every frame.
+    ``temporal``: the clip's `TrackMemory` (consecutive chunks of one video, in order): per-track moving averages of
+    the restored crops and of the colour-matching reference, in aligned space.
     """
     paste = paste or PasteOptions()
     check_images(images)
@@ -73,6 +79,8 @@ def restore_images(images: Tensor, detector: FaceDetector | None, restorer: Crop
     crops, faces = align_faces(rgb, detections, crop_size, border)
     if len(faces) == 0:
         log.info("no faces found in %d image(s); returning them unchanged", images.shape[0])
+        if temporal is not None:
+            temporal.advance(images.shape[0])
         return RestoreResult(images.clone(), images.new_zeros(images.shape[0], *images.shape[-2:]), faces,
                              crops, crops, detections)
     if restorer is None:
@@ -81,6 +89,17 @@ def restore_images(images: Tensor, detector: FaceDetector | None, restorer: Crop
         restored = restorer(crops, seeds=faces.face_seeds(seed))
     else:
         restored = restorer(crops)
+    if temporal is not None:
+        restored = temporal.restored(restored, faces.track_id, faces.image_index)
     masks = crop_masks(restored, paste, parser)
-    out, coverage = paste_faces(rgb, restored, faces, masks, paste.color_match, progress)
+    color_match, pasted = paste.color_match, restored
+    if temporal is not None:
+        if color_match != "none":  # matched here against the track's steady reference, not in paste_faces
+            reference = crops if crops.shape[-1] == restored.shape[-1] else F.interpolate(
+                crops, size=restored.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
+            reference = temporal.color_reference(reference, faces.track_id, faces.image_index)
+            pasted = match_colors(restored, reference.to(restored), masks, color_match)
+            color_match = "none"
+        temporal.advance(images.shape[0])
+    out, coverage = paste_faces(rgb, pasted, faces, masks, color_match, progress)
     return RestoreResult(merge_alpha(out, alpha, images.shape[1]), coverage, faces, crops, restored, detections)

@@ -1,0 +1,79 @@
+"""The video nodes (nodes/track.py) run as ComfyUI runs them: BFR Track Faces between Detect and Align, per-track
+seeds in BFR Diffusion Restore, BFR Blend Face Tracks between Restore and Paste."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_node, validate_node
+from test_tracking import _frame
+
+pytestmark = pytest.mark.usefixtures("comfy_inference_mode")
+
+
+def _frames_and_detections(n: int):
+    """n frames [n, H, W, 3] (ComfyUI layout) with two faces walking right; the detector lists them in alternating
+    orders (as real detectors do when sizes are close), with 1 px landmark noise."""
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(n, 240, 520, 3, generator=g) * 0.2 + 0.4
+    dets = []
+    for t in range(n):
+        a, b = (100 + 2 * t, 110), (380 + 2 * t, 120)
+        d = _frame(a, b) if t % 2 == 0 else _frame(b, a)
+        dets.append(type(d)(d.boxes, d.landmarks + torch.randn(2, 5, 2, generator=g), d.scores))
+    return frames, dets
+
+
+def test_track_node_gives_stable_ids_smooth_landmarks_and_a_preview(comfy_pack):
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    frames, dets = _frames_and_detections(40)  # a batch longer than any chunk
+    tracked, preview, count = run_node(nodes["BFRTrackFaces"], frames, dets, "one_euro", 24.0, 0.5, 4.0, 1.0, 0.5,
+                                       0.01, 30)
+    assert count == 2 and len(tracked) == 40 and preview.shape == frames.shape
+    for d in tracked:
+        left = int(torch.argmin(d.boxes[:, 0]))
+        assert d.track_ids[left] == 0 and d.track_ids[1 - left] == 1
+    shake = lambda ds: torch.stack([  # noqa: E731  frame-to-frame change of the left face's landmarks, minus motion
+        (ds[t].landmarks[int(torch.argmin(ds[t].boxes[:, 0]))] - ds[t - 1].landmarks[int(torch.argmin(
+            ds[t - 1].boxes[:, 0]))] - torch.tensor([2.0, 0])).norm(dim=-1).mean() for t in range(10, 40)]).mean()
+    assert shake(tracked) * 2 < shake(dets)
+    # The ids are drawn in each track's colour, under its box.
+    from bfr_pack_under_test.nodes.track import track_colour
+
+    for track, x in ((0, 100), (1, 380)):
+        below = (preview[0, 165:185, x - 50:x + 10] * 255).round().numpy().reshape(-1, 3)
+        assert (np.abs(below - np.array(track_colour(track))).sum(1) < 30).any(), track
+    none, _, _ = run_node(nodes["BFRTrackFaces"], frames[:3], dets[:3], "none", 24.0, 0.5, 4.0, 1.0, 0.5, 0.01, 30)
+    assert torch.equal(none[1].landmarks, dets[1].landmarks) and none[1].track_ids.tolist() == [1, 0]
+    with pytest.raises(ValueError, match="same IMAGE"):
+        run_node(nodes["BFRTrackFaces"], frames[:2], dets, "kalman", 24.0, 0.5, 4.0, 1.0, 0.5, 0.01, 30)
+
+
+def test_track_node_refuses_bad_settings_at_queue_time(comfy_pack):
+    node = comfy_pack.NODE_CLASS_MAPPINGS["BFRTrackFaces"]
+    ok = dict(smoothing="kalman", min_cutoff=0.5, beta=4.0, d_cutoff=1.0, fps=30.0, process_noise=0.5,
+              measurement_noise=0.01)
+    assert validate_node(node, **ok) is True
+    assert "method" in validate_node(node, **{**ok, "smoothing": "median"})
+    assert "fps" in validate_node(node, **{**ok, "fps": 0.0})
+
+
+def test_tracked_faces_restore_with_per_track_seeds_and_blend(comfy_pack):
+    """Detect → Track → Align → Diffusion Restore (faces connected) → Blend Face Tracks: a person's seed is
+    seed + its track id in every frame; the blend is the per-track moving average of the restored crops."""
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    frames, dets = _frames_and_detections(4)
+    tracked, _, _ = run_node(nodes["BFRTrackFaces"], frames, dets, "one_euro", 24.0, 0.5, 4.0, 1.0, 0.5, 0.01, 30)
+    crops, faces = run_node(nodes["BFRAlignFaces"], frames, tracked, 64, "reflect")
+    assert faces.track_id.tolist() == [0, 1, 1, 0, 0, 1, 1, 0]
+    assert faces.face_seeds(10) == [10, 11, 11, 10, 10, 11, 11, 10]
+    (blended,) = run_node(nodes["BFRBlendFaceTracks"], crops, faces, 0.5, 30)
+    assert blended.shape == crops.shape
+    torch.testing.assert_close(blended[:2], crops[:2])
+    torch.testing.assert_close(blended[3], 0.5 * crops[0] + 0.5 * crops[3])  # track 0: frame 0 slot 0, frame 1 slot 1
+    (off,) = run_node(nodes["BFRBlendFaceTracks"], crops, faces, 0.0, 30)
+    assert torch.equal(off, crops)
+    assert "blend" in validate_node(nodes["BFRBlendFaceTracks"], blend=1.0)
+    with pytest.raises(ValueError, match="BFR_FACES"):
+        run_node(nodes["BFRBlendFaceTracks"], crops[:3], faces, 0.5, 30)
