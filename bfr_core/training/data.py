@@ -17,7 +17,7 @@ from torch import Tensor
 from ..io.images import read_image
 from ..utils.layout import check_images
 
-__all__ = ["FilePairs", "Pairs", "TensorPairs", "split_holdout"]
+__all__ = ["FilePairs", "Pairs", "TensorPairs", "check_same_size", "split_holdout"]
 
 
 class Pairs(Protocol):

@@ -46,7 +46,7 @@ from .checkpoints import read_training_state, write_training_state
 from .data import Pairs
 from .metrics import laplacian_variance, psnr
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "evaluate_backbone", "finetune_backbone"]
+__all__ = ["MIN_FACES", "FinetuneConfig", "FinetuneResult", "check_face_count", "evaluate_backbone", "finetune_backbone"]
 
 # Fewer faces than this and fine-tuning memorises the faces instead of learning the degradation (DT-BFR used
 # 970–2,500); one in eight is also held out for validation.
@@ -104,12 +104,16 @@ class FinetuneResult:
     stopped: bool = False          # cancel() ended it before the last step
 
 
+def check_face_count(n: int, min_faces: int = MIN_FACES) -> None:
+    """ValueError unless there are at least ``min_faces`` faces, saying why they are needed."""
+    if n < min_faces:
+        raise ValueError(f"fine-tuning needs at least {min_faces} faces, got {n}: with fewer the backbone memorises "
+                         f"those faces instead of learning their degradation (DT-BFR adapted on 970–2,500 faces), "
+                         f"and one in eight is held out to validate; add more photos of the same kind")
+
+
 def _check_data(train: Pairs, val: Pairs | None, config: FinetuneConfig, processes: int) -> None:
-    n_val = len(val) if val is not None else 0
-    if len(train) + n_val < config.min_faces:
-        raise ValueError(f"fine-tuning needs at least {config.min_faces} faces, got {len(train) + n_val}: with fewer "
-                         f"the backbone memorises those faces instead of learning their degradation (DT-BFR adapted "
-                         f"on 970–2,500), and some are held out to validate; add photos of the same kind")
+    check_face_count(len(train) + (len(val) if val is not None else 0), config.min_faces)
     if len(train) == 0:
         raise ValueError("no training faces (all were held out): add photos or lower the held-out fraction")
     if config.batch_size % processes:
@@ -313,9 +317,12 @@ def finetune_backbone(
 
     def one_step() -> float:
         """One optimizer step at result.step (this process's share, in micro-batches); OOM halves and redoes."""
+        # drawn for the whole batch, then shared out: N processes flip the same faces as one
+        gen = torch.Generator().manual_seed(_step_seed(config.seed, result.step, 0))
+        flips = torch.rand(config.batch_size, generator=gen) < 0.5 if config.flip else torch.zeros(config.batch_size,
+                                                                                                  dtype=torch.bool)
         idx = _batch_indices(result.step, config.batch_size, len(train), config.seed)[rank::processes]
-        gen = torch.Generator().manual_seed(_step_seed(config.seed, result.step, rank))
-        flips = (torch.rand(len(idx), generator=gen) < 0.5) if config.flip else torch.zeros(len(idx), dtype=torch.bool)
+        flips = flips[rank::processes]
         while True:
             m = result.micro_batch
             chunks = [(k, min(k + m, len(idx))) for k in range(0, len(idx), m)]
@@ -350,6 +357,22 @@ def finetune_backbone(
             ema.update()
         return total
 
+    if result.step == 0:
+        validate()  # the starting point, for comparison
+    with torch.inference_mode(False), torch.enable_grad():  # callers may run under no_grad (CLI, ComfyUI)
+        _train_loop(result, config, one_step, validate, checkpoint, progress, cancel)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to_params()
+    freeze(backbone)
+    return result
+
+
+def _train_loop(result: FinetuneResult, config: FinetuneConfig, one_step: Callable[[], float],
+                validate: Callable[[], None], checkpoint: Callable[[], None], progress: ProgressCallback | None,
+                cancel: Callable[[], bool] | None) -> None:
+    """Steps until ``config.steps`` with validation, checkpoints, progress and cancellation between them."""
     while result.step < config.steps:
         if cancel is not None and cancel():
             result.stopped = True
@@ -369,10 +392,4 @@ def finetune_backbone(
                 if not (last or result.step % config.checkpoint_every == 0):
                     checkpoint()  # interrupted: keep what was done
                 raise
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    if ema is not None:
-        ema.copy_to_params()
-    freeze(backbone)
-    return result
 
