@@ -1,4 +1,8 @@
-"""ComfyUI nodes: a thin adapter over bfr_core (argument mapping, model folders, progress)."""
+"""ComfyUI nodes (V3 schema): a thin adapter over bfr_core (argument mapping, model folders, memory, progress)."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
 from .align import BFRAlignFaces, BFRPasteFaces
 from .comfy_glue import register_model_folders
 from .detect import BFRDetectFaces, BFRLoadFaceDetector
@@ -7,30 +11,27 @@ from .restore import BFRDiffusionRestore, BFRLoadDiffusionPrior, BFRLoadRestorer
 
 register_model_folders()
 
-NODE_CLASS_MAPPINGS = {
-    "BFRLoadFaceDetector": BFRLoadFaceDetector,
-    "BFRDetectFaces": BFRDetectFaces,
-    "BFRAlignFaces": BFRAlignFaces,
-    "BFRPasteFaces": BFRPasteFaces,
-    "BFRLoadDiffusionPrior": BFRLoadDiffusionPrior,
-    "BFRLoadRestorer": BFRLoadRestorer,
-    "BFRDiffusionRestore": BFRDiffusionRestore,
-    "BFRRestoreFaces": BFRRestoreFaces,
-    "BFRLoadFaceRecognizer": BFRLoadFaceRecognizer,
-    "BFRIdentityGuidance": BFRIdentityGuidance,
-    "BFRFaceSimilarity": BFRFaceSimilarity,
-}
+# The registration list: every node of the pack, in menu order. A new node module adds its classes here.
+NODE_LIST: list[type[io.ComfyNode]] = [
+    BFRLoadFaceDetector,
+    BFRDetectFaces,
+    BFRAlignFaces,
+    BFRPasteFaces,
+    BFRLoadDiffusionPrior,
+    BFRLoadRestorer,
+    BFRDiffusionRestore,
+    BFRRestoreFaces,
+    BFRLoadFaceRecognizer,
+    BFRIdentityGuidance,
+    BFRFaceSimilarity,
+]
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "BFRLoadFaceDetector": "BFR Load Face Detector",
-    "BFRDetectFaces": "BFR Detect Faces",
-    "BFRAlignFaces": "BFR Align Faces",
-    "BFRPasteFaces": "BFR Paste Faces",
-    "BFRLoadDiffusionPrior": "BFR Load Diffusion Prior",
-    "BFRLoadRestorer": "BFR Load Restorer",
-    "BFRDiffusionRestore": "BFR Diffusion Restore",
-    "BFRRestoreFaces": "BFR Restore Faces (all in one)",
-    "BFRLoadFaceRecognizer": "BFR Load Face Recognizer",
-    "BFRIdentityGuidance": "BFR Identity Guidance",
-    "BFRFaceSimilarity": "BFR Face Similarity",
-}
+
+class BFRExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_LIST)
+
+
+async def comfy_entrypoint() -> BFRExtension:
+    """ComfyUI's V3 entry point (ComfyUI >= 0.3.47 calls it when the pack has no NODE_CLASS_MAPPINGS)."""
+    return BFRExtension()

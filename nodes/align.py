@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+from comfy_api.latest import io
 
 from ..bfr_core.faces.warp import BORDER_MODES
 from ..bfr_core.faces.align import align_faces
@@ -11,36 +12,40 @@ from ..bfr_core.faces.parsing import load_face_parser
 from ..bfr_core.faces.paste import COLOR_MATCH_MODES, paste_faces
 from ..bfr_core.restoration.pipeline import PasteOptions, crop_masks
 from ..bfr_core.utils.layout import merge_alpha, split_alpha
-from .comfy_glue import Progress, list_models, log, model_path, on_device, search_aliases, to_bchw, to_bhwc
+from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw, to_bhwc
+from .schema import Detections, Faces, node_schema
 
 MASK_MODES = ("ellipse", "square", "parsing")
+PARSING_MODEL_NEEDED = ("mask=parsing needs a parsing model: put parsing_bisenet.pth or parsing_parsenet.pth in "
+                        "ComfyUI/models/facedetection, refresh (R) and pick it in parsing_model")
 
 
-class BFRAlignFaces:
-    DESCRIPTION = ("Cuts every detected face out as an FFHQ-aligned square crop. The crops are a normal IMAGE "
-                   "batch (faces of image 0 first, then image 1, ...), so any ComfyUI node can process them "
-                   "before BFR Paste Faces puts them back. With no faces, one blank placeholder crop is output "
-                   "(paste ignores it) so downstream nodes keep working.")
-    CATEGORY = "face restore/BFR"
-    SEARCH_ALIASES = search_aliases("align faces", "crop faces", "face crop", "ffhq")
-    RETURN_TYPES = ("IMAGE", "BFR_FACES")
-    RETURN_NAMES = ("crops", "faces")
-    OUTPUT_TOOLTIPS = ("Aligned face crops, one per face.", "Where each crop came from, for BFR Paste Faces.")
-    FUNCTION = "align"
+class BFRAlignFaces(io.ComfyNode):
+    SEARCH = ("align faces", "crop faces", "face crop", "ffhq")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The images the detections were made on."}),
-            "detections": ("BFR_DETECTIONS", {"tooltip": "From BFR Detect Faces."}),
-            "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
-                                  "tooltip": "Side of the aligned crops; 512 matches the DifFace prior."}),
-            "border": (list(BORDER_MODES), {"default": "reflect",
-                                            "tooltip": "How to fill crop areas outside the image: mirror (no "
-                                                       "black bleed), repeat the edge, or black."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return node_schema(
+            "BFRAlignFaces", "BFR Align Faces",
+            "Cuts every detected face out as an FFHQ-aligned square crop. The crops are a normal IMAGE batch (faces "
+            "of image 0 first, then image 1, ...), so any ComfyUI node can process them before BFR Paste Faces puts "
+            "them back. With no faces, one blank placeholder crop is output (paste ignores it) so downstream nodes "
+            "keep working.",
+            inputs=[
+                io.Image.Input("image", tooltip="The images the detections were made on."),
+                Detections.Input("detections", tooltip="From BFR Detect Faces."),
+                io.Int.Input("crop_size", default=512, min=64, max=2048, step=8,
+                             tooltip="Side of the aligned crops; 512 matches the DifFace prior."),
+                io.Combo.Input("border", options=list(BORDER_MODES), default="reflect",
+                               tooltip="How to fill crop areas outside the image: mirror (no black bleed), repeat "
+                                       "the edge, or black."),
+            ],
+            outputs=[io.Image.Output(display_name="crops", tooltip="Aligned face crops, one per face."),
+                     Faces.Output(display_name="faces", tooltip="Where each crop came from, for BFR Paste Faces.")],
+            search=cls.SEARCH)
 
-    def align(self, image, detections, crop_size, border):
+    @classmethod
+    def execute(cls, image, detections, crop_size, border) -> io.NodeOutput:
         images = to_bchw(image)
         if len(detections) != images.shape[0]:
             raise ValueError(f"the detections are for {len(detections)} images but the image batch has "
@@ -50,7 +55,7 @@ class BFRAlignFaces:
         if len(faces) == 0:
             log.info("BFR Align Faces: no faces to align; outputting a placeholder crop")
             crops = rgb.new_zeros(1, 3, crop_size, crop_size)
-        return (to_bhwc(crops), faces)
+        return io.NodeOutput(to_bhwc(crops), faces)
 
 
 # The last parsing model used, keyed by (path, mtime, size): video frames and re-runs do not reload it.
@@ -71,54 +76,62 @@ def _parsing_files() -> list[str]:
     return ["none"] + list_models("facedetection", (".pth", ".pt", ".safetensors"), contains="parsing")
 
 
-class BFRPasteFaces:
-    DESCRIPTION = ("Puts the (restored) aligned crops back into the original images with a soft mask, "
-                   "optional colour matching, and order-independent blending of overlapping faces. Also outputs "
-                   "the pasted-face mask.")
-    CATEGORY = "face restore/BFR"
-    SEARCH_ALIASES = search_aliases("paste faces", "paste back", "uncrop faces", "face mask")
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("image", "mask")
-    OUTPUT_TOOLTIPS = ("The images with the faces pasted back.", "Where faces were pasted (1 = restored face).")
-    FUNCTION = "paste"
+class BFRPasteFaces(io.ComfyNode):
+    SEARCH = ("paste faces", "paste back", "uncrop faces", "face mask")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "The original images (the ones given to BFR Align Faces)."}),
-            "crops": ("IMAGE", {"tooltip": "The aligned crops to paste, in the order BFR Align Faces made them; "
-                                           "they may have been resized (any square size)."}),
-            "faces": ("BFR_FACES", {"tooltip": "From BFR Align Faces."}),
-            "mask": (list(MASK_MODES), {"default": "ellipse",
-                                        "tooltip": "Face region: an oval from the landmark template, the whole "
-                                                   "crop square, or a face-parsing mask (needs a parsing model)."}),
-            "feather": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.5, "step": 0.01,
-                                  "tooltip": "Width of the soft mask edge, as a fraction of the crop size."}),
-            "color_match": (list(COLOR_MATCH_MODES), {"default": "none",
-                                                      "tooltip": "Match the pasted face's colours to the original: "
-                                                                 "per-channel statistics, or low frequencies "
-                                                                 "(keeps restored detail, fixes tone shifts)."}),
-            "parsing_model": (_parsing_files(), {"default": "none",
-                                                 "tooltip": "parsing_bisenet.pth or parsing_parsenet.pth in "
-                                                            "ComfyUI/models/facedetection, for mask=parsing."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return node_schema(
+            "BFRPasteFaces", "BFR Paste Faces",
+            "Puts the (restored) aligned crops back into the original images with a soft mask, optional colour "
+            "matching, and order-independent blending of overlapping faces. Also outputs the pasted-face mask.",
+            inputs=[
+                io.Image.Input("image", tooltip="The original images (the ones given to BFR Align Faces)."),
+                io.Image.Input("crops", tooltip="The aligned crops to paste, in the order BFR Align Faces made them; "
+                                                "they may have been resized (any square size)."),
+                Faces.Input("faces", tooltip="From BFR Align Faces."),
+                io.Combo.Input("mask", options=list(MASK_MODES), default="ellipse",
+                               tooltip="Face region: an oval from the landmark template, the whole crop square, or a "
+                                       "face-parsing mask (needs a parsing model)."),
+                io.Float.Input("feather", default=0.1, min=0.0, max=0.5, step=0.01,
+                               tooltip="Width of the soft mask edge, as a fraction of the crop size."),
+                io.Combo.Input("color_match", options=list(COLOR_MATCH_MODES), default="none",
+                               tooltip="Match the pasted face's colours to the original: per-channel statistics, or "
+                                       "low frequencies (keeps restored detail, fixes tone shifts)."),
+                io.Combo.Input("parsing_model", options=_parsing_files(), default="none",
+                               tooltip="parsing_bisenet.pth or parsing_parsenet.pth in ComfyUI/models/facedetection, "
+                                       "for mask=parsing."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The images with the faces pasted back."),
+                     io.Mask.Output(display_name="mask", tooltip="Where faces were pasted (1 = restored face).")],
+            search=cls.SEARCH)
 
-    def paste(self, image, crops, faces, mask, feather, color_match, parsing_model="none"):
+    @classmethod
+    def validate_inputs(cls, mask: str, parsing_model: str) -> bool | str:
+        """mask=parsing without a parsing model is refused before the run. Declaring these inputs turns off
+        ComfyUI's own list check for them, so it is done here."""
+        if mask not in MASK_MODES:
+            return f"mask must be one of {MASK_MODES}, got {mask!r}"
+        if mask == "parsing" and parsing_model == "none":
+            return PARSING_MODEL_NEEDED
+        return True
+
+    @classmethod
+    def execute(cls, image, crops, faces, mask, feather, color_match, parsing_model="none") -> io.NodeOutput:
         images = to_bchw(image)
         rgb, alpha = split_alpha(images)
         if len(faces) == 0:
             log.info("BFR Paste Faces: no faces; image returned unchanged")
-            return (image, torch.zeros(image.shape[0], image.shape[1], image.shape[2]))
+            return io.NodeOutput(image, torch.zeros(image.shape[0], image.shape[1], image.shape[2]))
         crops_t = split_alpha(to_bchw(crops))[0]
         parser = None
         if mask == "parsing":
             if parsing_model == "none":
-                raise ValueError("mask=parsing needs a parsing model: put parsing_bisenet.pth or "
-                                 "parsing_parsenet.pth in ComfyUI/models/facedetection and pick it")
+                raise ValueError(PARSING_MODEL_NEEDED)
             parser = _face_parser(parsing_model)
             with on_device(parser.model):
                 masks = crop_masks(crops_t, PasteOptions(mask, feather, color_match), parser)
         else:
             masks = crop_masks(crops_t, PasteOptions(mask, feather, color_match))
         out, coverage = paste_faces(rgb, crops_t, faces, masks, color_match, progress=Progress(len(faces)))
-        return (to_bhwc(merge_alpha(out, alpha, images.shape[1])), coverage.float().cpu())
+        return io.NodeOutput(to_bhwc(merge_alpha(out, alpha, images.shape[1])), coverage.float().cpu())

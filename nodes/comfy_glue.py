@@ -12,17 +12,6 @@ from ..bfr_core.utils.precision import parse_dtype
 
 log = logging.getLogger("bfr_nodes")
 
-# Words that find the pack's nodes in ComfyUI's node search (V1 nodes: the SEARCH_ALIASES class attribute, which
-# server.py's node_info sends as `search_aliases`). Other packs' model names are here because people search for
-# face restoration by them; this pack loads GFPGAN as a backbone, not CodeFormer.
-PACK_SEARCH_ALIASES = ("face restore", "restore faces", "face restoration", "blind face restoration", "bfr",
-                       "difface", "gfpgan", "codeformer", "face fix")
-
-
-def search_aliases(*extra: str) -> list[str]:
-    """The pack's search words plus a node's own."""
-    return [*PACK_SEARCH_ALIASES, *extra]
-
 # ComfyUI's community folder names (DESIGN.md §3); each is merged, never overwritten.
 MODEL_FOLDERS = {
     "facedetection": {".onnx", ".pth", ".pt", ".safetensors"},

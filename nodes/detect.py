@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 
 from ..bfr_core.faces.detection import SELECT_MODES, SORT_MODES, load_detector
 from ..bfr_core.faces.detection.batch import DetectOptions, detect_faces
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import Progress, list_models, log, model_path, on_device, search_aliases, to_bchw
+from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw
+from .schema import Detections, Detector, checked, node_schema
 
 DETECTOR_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
 
@@ -18,27 +20,26 @@ def _detector_files() -> list[str]:
     return files or ["face_detection_yunet_2023mar.onnx"]
 
 
-class BFRLoadFaceDetector:
-    DESCRIPTION = ("Loads a face detector from ComfyUI/models/facedetection: YuNet "
-                   "(face_detection_yunet_2023mar.onnx, fast, CPU) or RetinaFace (detection_Resnet50_Final.pth, "
-                   "detection_mobilenet0.25_Final.pth, the files facexlib-based packs already use).")
-    CATEGORY = "face restore/BFR"
-    SEARCH_ALIASES = search_aliases("face detection", "detector", "yunet", "retinaface")
-    RETURN_TYPES = ("BFR_DETECTOR",)
-    RETURN_NAMES = ("detector",)
-    OUTPUT_TOOLTIPS = ("The face detector, for BFR Detect Faces, BFR Restore Faces or BFR Identity Guidance.",)
-    FUNCTION = "load"
+class BFRLoadFaceDetector(io.ComfyNode):
+    SEARCH = ("face detection", "detector", "yunet", "retinaface")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (_detector_files(), {"tooltip": "Detector file in ComfyUI/models/facedetection. "
-                                                          "Get YuNet with `python -m bfr_core download "
-                                                          "face_detection_yunet_2023mar.onnx`."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return node_schema(
+            "BFRLoadFaceDetector", "BFR Load Face Detector",
+            "Loads a face detector from ComfyUI/models/facedetection: YuNet (face_detection_yunet_2023mar.onnx, "
+            "fast, CPU) or RetinaFace (detection_Resnet50_Final.pth, detection_mobilenet0.25_Final.pth, the files "
+            "facexlib-based packs already use).",
+            inputs=[io.Combo.Input("model_name", options=_detector_files(),
+                                   tooltip="Detector file in ComfyUI/models/facedetection. Get YuNet with "
+                                           "`python -m bfr_core download face_detection_yunet_2023mar.onnx`.")],
+            outputs=[Detector.Output(display_name="detector", tooltip="The face detector, for BFR Detect Faces, "
+                                     "BFR Restore Faces or BFR Identity Guidance.")],
+            search=cls.SEARCH)
 
-    def load(self, model_name):
-        return (load_detector(model_path("facedetection", model_name)),)
+    @classmethod
+    def execute(cls, model_name: str) -> io.NodeOutput:
+        return io.NodeOutput(load_detector(model_path("facedetection", model_name)))
 
 
 def draw_detections(image: np.ndarray, dets) -> np.ndarray:
@@ -69,41 +70,50 @@ def run_detection(detector, images: torch.Tensor, opts: DetectOptions) -> list:
         return detect_faces(detector, images, opts, chunk=4, progress=Progress(images.shape[0]))
 
 
-class BFRDetectFaces:
-    DESCRIPTION = ("Finds faces in every image of the batch and chooses which to keep. Outputs the detections "
-                   "for BFR Align Faces and a preview with boxes, 5 landmarks and the face index used by "
-                   "'indices'.")
-    CATEGORY = "face restore/BFR"
-    SEARCH_ALIASES = search_aliases("face detection", "detect faces", "find faces")
-    RETURN_TYPES = ("BFR_DETECTIONS", "IMAGE", "INT")
-    RETURN_NAMES = ("detections", "preview", "face_count")
-    OUTPUT_TOOLTIPS = ("Faces per image, for BFR Align Faces.", "The image with detections drawn.",
-                       "Number of faces kept over the whole batch.")
-    FUNCTION = "detect"
+class BFRDetectFaces(io.ComfyNode):
+    SEARCH = ("face detection", "detect faces", "find faces")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "Images (any batch size, e.g. video frames)."}),
-            "detector": ("BFR_DETECTOR", {"tooltip": "From BFR Load Face Detector."}),
-            "score_threshold": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.01,
-                                          "tooltip": "Minimum detection confidence. Lower finds more side, "
-                                                     "small and blurry faces (and more false ones)."}),
-            "min_face_size": ("INT", {"default": 0, "min": 0, "max": 4096,
-                                      "tooltip": "Ignore faces smaller than this many pixels (shorter box side)."}),
-            "select": (list(SELECT_MODES), {"default": "all",
-                                            "tooltip": "all faces, the largest one, the one closest to the "
-                                                       "centre, or those listed in 'indices'."}),
-            "indices": ("STRING", {"default": "", "tooltip": "With select=indices: positions in the sorted "
-                                                              "order, e.g. '0,2' (negative counts from the end)."}),
-            "sort_by": (list(SORT_MODES), {"default": "area",
-                                           "tooltip": "Order of faces (and of the aligned crops): largest first, "
-                                                      "left to right, top to bottom, or highest score first."}),
-            "max_faces": ("INT", {"default": 0, "min": 0, "max": 1000,
-                                  "tooltip": "Keep at most this many faces per image after sorting (0 = no limit)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return node_schema(
+            "BFRDetectFaces", "BFR Detect Faces",
+            "Finds faces in every image of the batch and chooses which to keep. Outputs the detections for BFR "
+            "Align Faces and a preview with boxes, 5 landmarks and the face index used by 'indices'.",
+            inputs=[
+                io.Image.Input("image", tooltip="Images (any batch size, e.g. video frames)."),
+                Detector.Input("detector", tooltip="From BFR Load Face Detector."),
+                io.Float.Input("score_threshold", default=0.6, min=0.0, max=1.0, step=0.01,
+                               tooltip="Minimum detection confidence. Lower finds more side, small and blurry faces "
+                                       "(and more false ones)."),
+                io.Int.Input("min_face_size", default=0, min=0, max=4096,
+                             tooltip="Ignore faces smaller than this many pixels (shorter box side)."),
+                io.Combo.Input("select", options=list(SELECT_MODES), default="all",
+                               tooltip="all faces, the largest one, the one closest to the centre, or those listed "
+                                       "in 'indices'."),
+                io.String.Input("indices", default="", tooltip="With select=indices: positions in the sorted order, "
+                                                               "e.g. '0,2' (negative counts from the end)."),
+                io.Combo.Input("sort_by", options=list(SORT_MODES), default="area",
+                               tooltip="Order of faces (and of the aligned crops): largest first, left to right, top "
+                                       "to bottom, or highest score first."),
+                io.Int.Input("max_faces", default=0, min=0, max=1000,
+                             tooltip="Keep at most this many faces per image after sorting (0 = no limit)."),
+            ],
+            outputs=[
+                Detections.Output(display_name="detections", tooltip="Faces per image, for BFR Align Faces."),
+                io.Image.Output(display_name="preview", tooltip="The image with detections drawn."),
+                io.Int.Output(display_name="face_count", tooltip="Number of faces kept over the whole batch."),
+            ],
+            search=cls.SEARCH)
 
-    def detect(self, image, detector, score_threshold, min_face_size, select, indices, sort_by, max_faces):
+    @classmethod
+    def validate_inputs(cls, select: str, indices: str) -> bool | str:
+        """A bad selection is refused before the run (an out-of-range index is only known per image). Declaring
+        `select` here turns off ComfyUI's own list check for it, so DetectOptions checks it."""
+        return checked(lambda: DetectOptions(select=select, indices=indices))
+
+    @classmethod
+    def execute(cls, image, detector, score_threshold, min_face_size, select, indices, sort_by,
+                max_faces) -> io.NodeOutput:
         images = to_bchw(image)
         opts = DetectOptions(score_threshold, float(min_face_size), sort_by, select, indices, max_faces)
         dets = run_detection(detector, images, opts)
@@ -115,4 +125,4 @@ class BFRDetectFaces:
                      "minimum size and selection)", images.shape[0])
         rgb = split_alpha(images)[0].movedim(1, -1).cpu().numpy()
         preview = torch.from_numpy(np.stack([draw_detections(rgb[b], dets[b]) for b in range(len(dets))]))
-        return (dets, preview, total)
+        return io.NodeOutput(dets, preview, total)

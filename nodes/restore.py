@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+from comfy_api.latest import io
 
 from ..bfr_core.diffusion.loading import load_prior
 from ..bfr_core.diffusion.timesteps import (DEFAULT_STEPS, DEFAULT_STRENGTH, OFFICIAL_ETA, OFFICIAL_STEPS,
@@ -15,10 +16,10 @@ from ..bfr_core.restoration.backbones import load_restorer
 from ..bfr_core.restoration.pipeline import PasteOptions, restore_images
 from ..bfr_core.restoration.restorer import FaceRestorer
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import (StepProgress, list_models, log, model_path, on_device, resolve_dtype, search_aliases,
-                         to_bchw, to_bhwc)
+from .comfy_glue import StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw, to_bhwc
 from .detect import run_detection
 from .identity import looks_like_recognizer
+from .schema import Detector, Faces, Guidance, Prior, Restorer, node_schema
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 # Shown when models/facerestore_models holds no such file: the name says what to put where, and loading it
@@ -26,7 +27,6 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 DEFAULT_PRIOR = "iddpm_ffhq512_ema500000.pth"
 DEFAULT_RESTORER = "swinir_restoration512_L1.pth"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-CATEGORY = "face restore/BFR"
 
 
 def _prior_path(name: str) -> str:
@@ -44,30 +44,32 @@ def _looks_like_prior(name: str) -> bool:
     return "iddpm" in base or "ddpm" in base or base.startswith("diffusion_pytorch_model")
 
 
-class BFRLoadDiffusionPrior:
-    DESCRIPTION = ("Loads a face diffusion prior from ComfyUI/models/facerestore_models: DifFace's "
-                   "iddpm_ffhq512_ema500000.pth (as released, or converted to .safetensors), or a diffusers "
-                   "UNet2DModel folder (pick its diffusion_pytorch_model file).")
-    CATEGORY = CATEGORY
-    SEARCH_ALIASES = search_aliases("diffusion prior", "iddpm", "ddpm", "face prior")
-    RETURN_TYPES = ("BFR_PRIOR",)
-    RETURN_NAMES = ("prior",)
-    OUTPUT_TOOLTIPS = ("The face diffusion prior, for BFR Diffusion Restore or BFR Restore Faces.",)
-    FUNCTION = "load"
+class BFRLoadDiffusionPrior(io.ComfyNode):
+    SEARCH = ("diffusion prior", "iddpm", "ddpm", "face prior")
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls) -> io.Schema:
         # Likely priors first, so the default is one (the folder also holds backbones and recognizers).
         files = sorted(list_models("facerestore_models", WEIGHT_SUFFIXES), key=lambda f: (not _looks_like_prior(f), f))
-        files = files or [DEFAULT_PRIOR]
-        return {"required": {
-            "model_name": (files, {"tooltip": "The prior's weights in ComfyUI/models/facerestore_models."}),
-            "dtype": (list(DTYPES), {"default": "auto",
-                                     "tooltip": "Weights precision. auto: bf16/fp16 on a GPU, fp32 on the CPU."}),
-        }}
+        return node_schema(
+            "BFRLoadDiffusionPrior", "BFR Load Diffusion Prior",
+            "Loads a face diffusion prior from ComfyUI/models/facerestore_models: DifFace's "
+            "iddpm_ffhq512_ema500000.pth (as released, or converted to .safetensors), or a diffusers UNet2DModel "
+            "folder (pick its diffusion_pytorch_model file).",
+            inputs=[io.Combo.Input("model_name", options=files or [DEFAULT_PRIOR],
+                                   tooltip="The prior's weights in ComfyUI/models/facerestore_models."),
+                    _dtype_input("Weights precision. auto: bf16/fp16 on a GPU, fp32 on the CPU.")],
+            outputs=[Prior.Output(display_name="prior",
+                                  tooltip="The face diffusion prior, for BFR Diffusion Restore or BFR Restore Faces.")],
+            search=cls.SEARCH)
 
-    def load(self, model_name, dtype):
-        return (load_prior(_prior_path(model_name), device="cpu", dtype=resolve_dtype(dtype)),)
+    @classmethod
+    def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
+        return io.NodeOutput(load_prior(_prior_path(model_name), device="cpu", dtype=resolve_dtype(dtype)))
+
+
+def _dtype_input(tooltip: str):
+    return io.Combo.Input("dtype", options=list(DTYPES), default="auto", tooltip=tooltip)
 
 
 def _restorer_files() -> list[str]:
@@ -76,56 +78,60 @@ def _restorer_files() -> list[str]:
     return files or [DEFAULT_RESTORER]
 
 
-class BFRLoadRestorer:
-    DESCRIPTION = ("Loads the restoration backbone whose estimate the prior refines: DifFace's "
-                   "swinir_restoration512_L1.pth, or GFPGAN v1.4 / RestoreFormer++ files you already have "
-                   "(loaded through spandrel). 'none' uses the low-quality crop itself.")
-    CATEGORY = CATEGORY
-    SEARCH_ALIASES = search_aliases("restorer", "backbone", "swinir", "restoreformer", "face restore model")
-    RETURN_TYPES = ("BFR_RESTORER",)
-    RETURN_NAMES = ("restorer",)
-    OUTPUT_TOOLTIPS = ("The restoration backbone (or none), for the restorer input of BFR Diffusion Restore or "
-                       "BFR Restore Faces.",)
-    FUNCTION = "load"
+class BFRLoadRestorer(io.ComfyNode):
+    SEARCH = ("restorer", "backbone", "swinir", "restoreformer", "face restore model")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (["none"] + _restorer_files(),
-                           {"tooltip": "Backbone weights in ComfyUI/models/facerestore_models, or none."}),
-            "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weights precision (falls back to fp32 for "
-                                                                   "models without half-precision support)."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return node_schema(
+            "BFRLoadRestorer", "BFR Load Restorer",
+            "Loads the restoration backbone whose estimate the prior refines: DifFace's swinir_restoration512_L1.pth, "
+            "or GFPGAN v1.4 / RestoreFormer++ files you already have (loaded through spandrel). 'none' uses the "
+            "low-quality crop itself.",
+            inputs=[io.Combo.Input("model_name", options=["none"] + _restorer_files(),
+                                   tooltip="Backbone weights in ComfyUI/models/facerestore_models, or none."),
+                    _dtype_input("Weights precision (falls back to fp32 for models without half-precision support).")],
+            outputs=[Restorer.Output(display_name="restorer", tooltip="The restoration backbone (or none), for the "
+                                     "restorer input of BFR Diffusion Restore or BFR Restore Faces.")],
+            search=cls.SEARCH)
 
-    def load(self, model_name, dtype):
+    @classmethod
+    def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         if model_name == "none":
-            return (load_restorer(None),)
-        return (load_restorer(model_path("facerestore_models", model_name), device="cpu", dtype=resolve_dtype(dtype)),)
+            return io.NodeOutput(load_restorer(None))
+        path = model_path("facerestore_models", model_name)
+        return io.NodeOutput(load_restorer(path, device="cpu", dtype=resolve_dtype(dtype)))
 
 
-def _sampling_inputs():
+def _sampling_inputs() -> dict[str, io.Input]:
+    """The sampling widgets, by name (both restore nodes use them, in their own order)."""
     return {
-        "strength": ("FLOAT", {"default": DEFAULT_STRENGTH, "min": 0.0, "max": 1.0, "step": 0.01,
-                               "tooltip": "How much the prior re-generates: 0 returns the backbone's estimate, "
-                                          "0.4 is DifFace's setting (t=400); higher is more realistic, less "
-                                          "faithful."}),
-        "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 1000,
-                          "tooltip": "Denoising steps from the start point to the clean face. DifFace's own "
-                                     "setting is 100 DDIM steps; 20 is close in quality and 5x faster."}),
-        "sampler": (list(SAMPLERS), {"default": "ddim", "tooltip": "ddim / fast: DDIM (DifFace's sampler) over "
-                                                                   "'steps' evenly spaced steps; official: DifFace "
-                                                                   "exactly (100 steps at strength 0.4, eta 0.5; "
-                                                                   "ignores steps and eta); dpmsolver++: "
-                                                                   "deterministic, good at few steps."}),
-        "eta": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                          "tooltip": "DDIM noise per step (DifFace: 0.5); ignored by DPM-Solver++."}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": True,
-                         "tooltip": "Noise seed. Face i of the crops uses seed + i; with 'faces' connected, a "
-                                    "face uses seed + its index within its own image (as BFR Restore Faces), so "
-                                    "a face's result does not depend on the other images of the batch."}),
-        "batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
-                               "tooltip": "Faces per UNet call; halves itself automatically on out-of-memory."}),
+        "strength": io.Float.Input("strength", default=DEFAULT_STRENGTH, min=0.0, max=1.0, step=0.01,
+                                   tooltip="How much the prior re-generates: 0 returns the backbone's estimate, 0.4 "
+                                           "is DifFace's setting (t=400); higher is more realistic, less faithful."),
+        "steps": io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=1000,
+                              tooltip="Denoising steps from the start point to the clean face. DifFace's own setting "
+                                      "is 100 DDIM steps; 20 is close in quality and 5x faster."),
+        "sampler": io.Combo.Input("sampler", options=list(SAMPLERS), default="ddim",
+                                  tooltip="ddim / fast: DDIM (DifFace's sampler) over 'steps' evenly spaced steps; "
+                                          "official: DifFace exactly (100 steps at strength 0.4, eta 0.5; ignores "
+                                          "steps and eta); dpmsolver++: deterministic, good at few steps."),
+        "eta": io.Float.Input("eta", default=0.5, min=0.0, max=1.0, step=0.05,
+                              tooltip="DDIM noise per step (DifFace: 0.5); ignored by DPM-Solver++."),
+        "seed": io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Noise seed. Face i of the crops uses seed + i; with 'faces' connected, a face "
+                                     "uses seed + its index within its own image (as BFR Restore Faces), so a face's "
+                                     "result does not depend on the other images of the batch."),
+        "batch_size": io.Int.Input("batch_size", default=4, min=1, max=64,
+                                   tooltip="Faces per UNet call; halves itself automatically on out-of-memory."),
     }
+
+
+def _model_inputs() -> list[io.Input]:
+    """The optional restorer and guidance sockets (appended after the widgets, as in saved workflows)."""
+    return [Restorer.Input("restorer", optional=True, tooltip="Backbone from BFR Load Restorer; unconnected = none."),
+            Guidance.Input("guidance", optional=True,
+                           tooltip="Identity guidance from BFR Identity Guidance (optional).")]
 
 
 def sampler_settings(sampler: str, steps: int, eta: float, strength: float) -> tuple[str, int | None, float | None]:
@@ -156,32 +162,29 @@ def restorer_on_device(restorer: FaceRestorer):
     return on_device(*restorer.modules(), extra_bytes=restorer.batch_size * side * side * 4 * 64)
 
 
-class BFRDiffusionRestore:
-    DESCRIPTION = ("Restores aligned face crops with a diffusion prior (DifFace): the backbone's estimate is "
-                   "noised to an intermediate step set by 'strength' and denoised by the prior. All faces of all "
-                   "images run batched.")
-    CATEGORY = CATEGORY
-    SEARCH_ALIASES = search_aliases("diffusion restore", "restore crops", "ddim")
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("crops",)
-    OUTPUT_TOOLTIPS = ("Restored crops, same order and size as the input.",)
-    FUNCTION = "restore"
+class BFRDiffusionRestore(io.ComfyNode):
+    SEARCH = ("diffusion restore", "restore crops", "ddim")
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "crops": ("IMAGE", {"tooltip": "Aligned face crops from BFR Align Faces."}),
-            "prior": ("BFR_PRIOR", {"tooltip": "From BFR Load Diffusion Prior."}),
-            **_sampling_inputs(),
-        }, "optional": {
-            "restorer": ("BFR_RESTORER", {"tooltip": "Backbone from BFR Load Restorer; unconnected = none."}),
-            "guidance": ("BFR_GUIDANCE", {"tooltip": "Identity guidance from BFR Identity Guidance (optional)."}),
-            "faces": ("BFR_FACES", {"tooltip": "From BFR Align Faces (optional): seeds each face by its index "
-                                               "within its own image, like BFR Restore Faces."}),
-        }}
+    def define_schema(cls) -> io.Schema:
+        return node_schema(
+            "BFRDiffusionRestore", "BFR Diffusion Restore",
+            "Restores aligned face crops with a diffusion prior (DifFace): the backbone's estimate is noised to an "
+            "intermediate step set by 'strength' and denoised by the prior. All faces of all images run batched.",
+            inputs=[
+                io.Image.Input("crops", tooltip="Aligned face crops from BFR Align Faces."),
+                Prior.Input("prior", tooltip="From BFR Load Diffusion Prior."),
+                *_sampling_inputs().values(),
+                *_model_inputs(),
+                Faces.Input("faces", optional=True, tooltip="From BFR Align Faces (optional): seeds each face by its "
+                                                            "index within its own image, like BFR Restore Faces."),
+            ],
+            outputs=[io.Image.Output(display_name="crops", tooltip="Restored crops, same order and size as the input.")],
+            search=cls.SEARCH)
 
-    def restore(self, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None, guidance=None,
-                faces=None):
+    @classmethod
+    def execute(cls, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None, guidance=None,
+                faces=None) -> io.NodeOutput:
         rgb, _ = split_alpha(to_bchw(crops))
         seeds = None
         if faces is not None:
@@ -192,42 +195,38 @@ class BFRDiffusionRestore:
         sampler, steps, eta = sampler_settings(sampler, steps, eta, strength)
         face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, sampler=sampler, eta=eta,
                                      identity=guidance, batch_size=batch_size)
-        return (to_bhwc(run_restore(face_restorer, rgb, seed, seeds)),)
+        return io.NodeOutput(to_bhwc(run_restore(face_restorer, rgb, seed, seeds)))
 
 
-class BFRRestoreFaces:
-    DESCRIPTION = ("All in one: detect every face, align, restore with the diffusion prior, paste back. "
-                   "Outputs the image and the mask of restored faces. Images without faces pass through.")
-    CATEGORY = CATEGORY
-    SEARCH_ALIASES = search_aliases("all in one", "restore photo", "face enhance", "face upscale")
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("image", "mask")
-    OUTPUT_TOOLTIPS = ("The images with every restored face pasted back (unchanged where no face was found).",
-                       "Where faces were restored (1 = restored face).")
-    FUNCTION = "restore"
+class BFRRestoreFaces(io.ComfyNode):
+    SEARCH = ("all in one", "restore photo", "face enhance", "face upscale")
 
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls) -> io.Schema:
         sampling = _sampling_inputs()
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "Images to restore (any batch size)."}),
-            "detector": ("BFR_DETECTOR", {"tooltip": "From BFR Load Face Detector."}),
-            "prior": ("BFR_PRIOR", {"tooltip": "From BFR Load Diffusion Prior."}),
-            "strength": sampling["strength"],
-            "steps": sampling["steps"],
-            "seed": sampling["seed"],
-            "select": (list(SELECT_MODES[:3]), {"default": "all", "tooltip": "Restore all faces, the largest, or "
-                                                                             "the one closest to the centre."}),
-            "color_match": (list(COLOR_MATCH_MODES), {"default": "lowpass",
-                                                      "tooltip": "Keep the original's colours/tones (lowpass "
-                                                                 "keeps the restored detail)."}),
-        }, "optional": {
-            "restorer": ("BFR_RESTORER", {"tooltip": "Backbone from BFR Load Restorer; unconnected = none."}),
-            "guidance": ("BFR_GUIDANCE", {"tooltip": "Identity guidance from BFR Identity Guidance (optional)."}),
-        }}
+        return node_schema(
+            "BFRRestoreFaces", "BFR Restore Faces (all in one)",
+            "All in one: detect every face, align, restore with the diffusion prior, paste back. Outputs the image "
+            "and the mask of restored faces. Images without faces pass through.",
+            inputs=[
+                io.Image.Input("image", tooltip="Images to restore (any batch size)."),
+                Detector.Input("detector", tooltip="From BFR Load Face Detector."),
+                Prior.Input("prior", tooltip="From BFR Load Diffusion Prior."),
+                sampling["strength"], sampling["steps"], sampling["seed"],
+                io.Combo.Input("select", options=list(SELECT_MODES[:3]), default="all",
+                               tooltip="Restore all faces, the largest, or the one closest to the centre."),
+                io.Combo.Input("color_match", options=list(COLOR_MATCH_MODES), default="lowpass",
+                               tooltip="Keep the original's colours/tones (lowpass keeps the restored detail)."),
+                *_model_inputs(),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The images with every restored face pasted back "
+                                                                   "(unchanged where no face was found)."),
+                     io.Mask.Output(display_name="mask", tooltip="Where faces were restored (1 = restored face).")],
+            search=cls.SEARCH)
 
-    def restore(self, image, detector, prior, strength, steps, seed, select, color_match, restorer=None,
-                guidance=None):
+    @classmethod
+    def execute(cls, image, detector, prior, strength, steps, seed, select, color_match, restorer=None,
+                guidance=None) -> io.NodeOutput:
         images = to_bchw(image)
         dets = run_detection(detector, split_alpha(images)[0], DetectOptions(select=select))
         sampler, steps, eta = sampler_settings("ddim", steps, OFFICIAL_ETA, strength)
@@ -239,5 +238,5 @@ class BFRRestoreFaces:
         if len(res.faces) == 0:
             log.info("BFR Restore Faces: no face to restore (none detected, or none passed the selection); "
                      "images returned unchanged")
-            return (image, torch.zeros(image.shape[:3]))
-        return (to_bhwc(res.images), res.coverage.float().cpu())
+            return io.NodeOutput(image, torch.zeros(image.shape[:3]))
+        return io.NodeOutput(to_bhwc(res.images), res.coverage.float().cpu())

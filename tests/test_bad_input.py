@@ -191,11 +191,13 @@ def test_models_lists_where_to_get_each_missing_file(tmp_path, capsys):
 
 
 def test_detect_node_refuses_an_empty_batch(comfy_pack, yunet_path):
-    node = comfy_pack.NODE_CLASS_MAPPINGS["BFRDetectFaces"]()
+    from conftest import run_node
+
     from bfr_core import load_detector
 
+    node = comfy_pack.NODE_CLASS_MAPPINGS["BFRDetectFaces"]
     with pytest.raises(ValueError, match="empty batch"):
-        node.detect(torch.zeros(0, 32, 32, 3), load_detector(yunet_path), 0.6, 0, "all", "", "area", 0)
+        run_node(node, torch.zeros(0, 32, 32, 3), load_detector(yunet_path), 0.6, 0, "all", "", "area", 0)
 
 
 def test_a_model_of_another_kind_is_named_not_torch_internals(tmp_path, capsys, yunet_path):

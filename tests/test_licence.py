@@ -11,7 +11,7 @@ import pytest
 from bfr_core.cli import main
 from bfr_core.models import files as model_files
 from bfr_core.models.files import ENV_COMMERCIAL_ONLY, LICENCE_KINDS, REGISTRY, LicenceError, check_licence
-from conftest import shared_path
+from conftest import run_node, shared_path
 
 PRIOR = "iddpm_ffhq512_ema500000.pth"
 SWINIR = "swinir_restoration512_L1.pth"
@@ -113,6 +113,6 @@ def test_nodes_get_the_switch_from_the_environment(comfy_pack, tmp_path, monkeyp
     monkeypatch.setenv(ENV_COMMERCIAL_ONLY, "1")
     # The pack is imported under another package name here: match the message, not the class.
     with pytest.raises(ValueError, match="commercial-only mode: iddpm_ffhq512_ema500000.pth is licensed S-Lab"):
-        nodes["BFRLoadDiffusionPrior"]().load(PRIOR, "fp32")
+        run_node(nodes["BFRLoadDiffusionPrior"], PRIOR, "fp32")
     with pytest.raises(ValueError, match="commercial-only mode"):
-        nodes["BFRLoadRestorer"]().load(PRIOR, "fp32")
+        run_node(nodes["BFRLoadRestorer"], PRIOR, "fp32")

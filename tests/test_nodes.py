@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bfr_core.faces.align import align_faces
-from conftest import load_rgb, shared_path
+from conftest import combo_options, load_rgb, run_node, shared_path
 from test_paste import _faces_at
 
 NODE_IDS = {"BFRLoadFaceDetector", "BFRDetectFaces", "BFRAlignFaces", "BFRPasteFaces"}
@@ -22,28 +22,56 @@ def test_pack_exports_the_nodes(comfy_pack):
 
 
 def test_every_node_is_documented(comfy_pack):
+    from comfy_api.latest import io
+
     for node_id, cls in comfy_pack.NODE_CLASS_MAPPINGS.items():
+        assert issubclass(cls, io.ComfyNode), f"{node_id} is not a V3 node"
+        info = cls.GET_NODE_INFO_V1()  # what ComfyUI's /object_info sends for a V3 node
+        assert info["name"] == node_id and info["category"] == "face restore/BFR" and info["description"], node_id
+        assert info["display_name"] == comfy_pack.NODE_DISPLAY_NAME_MAPPINGS[node_id]
         assert cls.DESCRIPTION and cls.CATEGORY and hasattr(cls, cls.FUNCTION), node_id
-        assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
-        tips = getattr(cls, "OUTPUT_TOOLTIPS", None)
+        assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+        tips = cls.OUTPUT_TOOLTIPS
         assert tips is not None and len(tips) == len(cls.RETURN_TYPES), f"{node_id} needs one output tooltip each"
         assert all(isinstance(t, str) and t.strip() for t in tips), f"{node_id} has an empty output tooltip"
         spec = cls.INPUT_TYPES()
         for group in spec.values():
             for name, entry in group.items():
                 assert len(entry) == 2 and entry[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
-                if isinstance(entry[0], list):
-                    default = entry[1].get("default", entry[0][0])
-                    assert default in entry[0], f"{node_id}.{name}"
+                if entry[0] == "COMBO":
+                    options = entry[1]["options"]
+                    default = entry[1].get("default", options[0])
+                    assert default in options, f"{node_id}.{name}"
 
 
 @pytest.mark.parametrize("query", ["difface", "gfpgan", "codeformer", "restore", "face"])
 def test_node_search_finds_every_node(comfy_pack, query):
-    """ComfyUI's node_info sends a V1 node's SEARCH_ALIASES as `search_aliases`; the search box matches them."""
+    """The search words each node declares (sent as the Schema's `search_aliases` where ComfyUI has that field)."""
+    from bfr_pack_under_test.nodes.schema import search_aliases
+
     for node_id, cls in comfy_pack.NODE_CLASS_MAPPINGS.items():
-        aliases = getattr(cls, "SEARCH_ALIASES", None)
-        assert isinstance(aliases, list) and all(isinstance(a, str) and a for a in aliases), node_id
+        aliases = search_aliases(*cls.SEARCH)
+        assert all(isinstance(a, str) and a for a in aliases), node_id
         assert any(query in a.lower() for a in aliases), f"{node_id}: '{query}' finds nothing"
+
+
+def test_search_aliases_reach_newer_comfyui_schemas(comfy_pack, monkeypatch):
+    """A ComfyUI whose Schema has `search_aliases` gets them; v0.3.64's Schema (the stand-in) has none and still
+    builds every node."""
+    import dataclasses
+
+    from comfy_api.latest import io
+
+    assert "search_aliases" not in {f.name for f in dataclasses.fields(io.Schema)}
+
+    @dataclasses.dataclass
+    class NewerSchema(io.Schema):
+        search_aliases: list = None
+
+    monkeypatch.setattr(io, "Schema", NewerSchema)
+    for node_id, cls in comfy_pack.NODE_CLASS_MAPPINGS.items():
+        schema = cls.define_schema()
+        assert "difface" in schema.search_aliases and set(cls.SEARCH) <= set(schema.search_aliases), node_id
 
 
 def test_loaders_offer_a_placeholder_that_names_the_file(comfy_pack, tmp_path):
@@ -60,12 +88,12 @@ def test_loaders_offer_a_placeholder_that_names_the_file(comfy_pack, tmp_path):
                 "BFRLoadFaceRecognizer": ("facerestore_models:recognition_arcface_ir_se50.pth", "facerestore_models")}
     for node_id, (name, folder) in expected.items():
         spec = nodes[node_id].INPUT_TYPES()["required"]
-        assert name in spec["model_name"][0], node_id
+        assert name in combo_options(nodes[node_id], "model_name"), node_id
         args = [name] + ([] if len(spec) == 1 else [spec["dtype"][1]["default"]])
         with pytest.raises(Exception, match=folder) as err:
-            getattr(nodes[node_id](), nodes[node_id].FUNCTION)(*args)
+            run_node(nodes[node_id], *args)
         assert "--" not in str(err.value), f"{node_id}: {err.value}"
-    assert nodes["BFRLoadRestorer"].INPUT_TYPES()["required"]["model_name"][0][0] == "none"  # still the default
+    assert combo_options(nodes["BFRLoadRestorer"], "model_name")[0] == "none"  # still the default
 
 
 def test_library_hints_name_no_cli_flags():
@@ -87,7 +115,7 @@ def test_out_of_range_index_is_not_reported_as_no_faces(comfy_pack, detector_nod
 
     img = _comfy_image("images/whole/gfpgan_10045.png")
     with caplog.at_level(logging.INFO):
-        dets, _, count = comfy_pack.NODE_CLASS_MAPPINGS["BFRDetectFaces"]().detect(
+        dets, _, count = run_node(comfy_pack.NODE_CLASS_MAPPINGS["BFRDetectFaces"], 
             img, detector_node_output, 0.6, 0, "indices", "7", "area", 0)
     messages = [r.getMessage() for r in caplog.records]
     assert count == 0 and any("out of range" in m for m in messages), messages
@@ -118,9 +146,9 @@ def detector_node_output(comfy_pack, tmp_path):
     yunet = shared_path("models/face_detection_yunet_2023mar.onnx")
     folder_paths.folder_names_and_paths["facedetection"] = ([str(yunet.parent)], {".onnx", ".pth"})
     cls = comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceDetector"]
-    choices = cls.INPUT_TYPES()["required"]["model_name"][0]
+    choices = combo_options(cls, "model_name")
     assert yunet.name in choices
-    return cls().load(yunet.name)[0]
+    return run_node(cls, yunet.name)[0]
 
 
 def _comfy_image(rel):
@@ -134,13 +162,13 @@ def test_detect_align_paste_graph_on_a_video_like_batch(comfy_pack, detector_nod
     frame = _comfy_image("images/whole/gfpgan_10045.png")
     batch = torch.cat([frame, torch.full_like(frame, 0.5), frame])
     comfy.utils.UPDATES.clear()
-    dets, preview, count = nodes["BFRDetectFaces"]().detect(batch, detector_node_output, 0.6, 0, "all", "", "area", 0)
+    dets, preview, count = run_node(nodes["BFRDetectFaces"], batch, detector_node_output, 0.6, 0, "all", "", "area", 0)
     assert len(dets) == 3 and len(dets[1]) == 0 and count == len(dets[0]) * 2
     assert preview.shape == batch.shape and not torch.equal(preview[0], batch[0])
     assert comfy.utils.UPDATES, "no progress reported"
-    crops, faces = nodes["BFRAlignFaces"]().align(batch, dets, 512, "reflect")
+    crops, faces = run_node(nodes["BFRAlignFaces"], batch, dets, 512, "reflect")
     assert crops.shape == (count, 512, 512, 3) and crops.dtype == torch.float32
-    out, mask = nodes["BFRPasteFaces"]().paste(batch, crops, faces, "ellipse", 0.1, "none", "none")
+    out, mask = run_node(nodes["BFRPasteFaces"], batch, crops, faces, "ellipse", 0.1, "none", "none")
     assert out.shape == batch.shape and mask.shape == batch.shape[:3]
     assert float(10 * torch.log10(1 / ((out - batch) ** 2).mean())) > 40
     assert torch.equal(out[1], batch[1]) and not mask[1].any() and mask[0].max() > 0.99
@@ -149,10 +177,10 @@ def test_detect_align_paste_graph_on_a_video_like_batch(comfy_pack, detector_nod
 def test_no_faces_passthrough(comfy_pack, detector_node_output):
     nodes = comfy_pack.NODE_CLASS_MAPPINGS
     blank = torch.full((1, 64, 96, 3), 0.5)
-    dets, _, count = nodes["BFRDetectFaces"]().detect(blank, detector_node_output, 0.6, 0, "all", "", "area", 0)
-    crops, faces = nodes["BFRAlignFaces"]().align(blank, dets, 256, "reflect")
+    dets, _, count = run_node(nodes["BFRDetectFaces"], blank, detector_node_output, 0.6, 0, "all", "", "area", 0)
+    crops, faces = run_node(nodes["BFRAlignFaces"], blank, dets, 256, "reflect")
     assert count == 0 and crops.shape == (1, 256, 256, 3) and len(faces) == 0
-    out, mask = nodes["BFRPasteFaces"]().paste(blank, crops, faces, "ellipse", 0.1, "none", "none")
+    out, mask = run_node(nodes["BFRPasteFaces"], blank, crops, faces, "ellipse", 0.1, "none", "none")
     assert torch.equal(out, blank) and not mask.any()
 
 
@@ -160,9 +188,9 @@ def test_rgba_image_keeps_alpha(comfy_pack, detector_node_output):
     nodes = comfy_pack.NODE_CLASS_MAPPINGS
     rgb = _comfy_image("images/whole/gfpgan_Blake_Lively.jpg")
     rgba = torch.cat([rgb, torch.full_like(rgb[..., :1], 0.7)], -1)
-    dets, _, count = nodes["BFRDetectFaces"]().detect(rgba, detector_node_output, 0.6, 0, "largest", "", "area", 0)
-    crops, faces = nodes["BFRAlignFaces"]().align(rgba, dets, 512, "reflect")
-    out, _ = nodes["BFRPasteFaces"]().paste(rgba, crops, faces, "square", 0.1, "lowpass", "none")
+    dets, _, count = run_node(nodes["BFRDetectFaces"], rgba, detector_node_output, 0.6, 0, "largest", "", "area", 0)
+    crops, faces = run_node(nodes["BFRAlignFaces"], rgba, dets, 512, "reflect")
+    out, _ = run_node(nodes["BFRPasteFaces"], rgba, crops, faces, "square", 0.1, "lowpass", "none")
     assert count == 1 and crops.shape[-1] == 3 and out.shape == rgba.shape
     assert torch.equal(out[..., 3], rgba[..., 3])
 
@@ -174,20 +202,20 @@ def test_cancel_mid_batch_stops_the_run(comfy_pack, detector_node_output):
     batch = torch.rand(6, 64, 64, 3)
     mm.INTERRUPT["flag"] = True
     with pytest.raises(mm.InterruptProcessingException):
-        nodes["BFRDetectFaces"]().detect(batch, detector_node_output, 0.6, 0, "all", "", "area", 0)
+        run_node(nodes["BFRDetectFaces"], batch, detector_node_output, 0.6, 0, "all", "", "area", 0)
 
 
 def test_mismatched_inputs_are_clear_errors(comfy_pack, detector_node_output):
     nodes = comfy_pack.NODE_CLASS_MAPPINGS
     img = _comfy_image("images/whole/gfpgan_10045.png")
-    dets, _, _ = nodes["BFRDetectFaces"]().detect(img, detector_node_output, 0.6, 0, "all", "", "area", 0)
+    dets, _, _ = run_node(nodes["BFRDetectFaces"], img, detector_node_output, 0.6, 0, "all", "", "area", 0)
     with pytest.raises(ValueError, match="same IMAGE"):
-        nodes["BFRAlignFaces"]().align(torch.cat([img, img]), dets, 512, "reflect")
-    crops, faces = nodes["BFRAlignFaces"]().align(img, dets, 512, "reflect")
+        run_node(nodes["BFRAlignFaces"], torch.cat([img, img]), dets, 512, "reflect")
+    crops, faces = run_node(nodes["BFRAlignFaces"], img, dets, 512, "reflect")
     with pytest.raises(ValueError, match="crops for"):
-        nodes["BFRPasteFaces"]().paste(img, crops[:1], faces, "ellipse", 0.1, "none", "none")
+        run_node(nodes["BFRPasteFaces"], img, crops[:1], faces, "ellipse", 0.1, "none", "none")
     with pytest.raises(ValueError, match="parsing model"):
-        nodes["BFRPasteFaces"]().paste(img, crops, faces, "parsing", 0.1, "none", "none")
+        run_node(nodes["BFRPasteFaces"], img, crops, faces, "parsing", 0.1, "none", "none")
 
 
 def test_parsing_mask_from_a_facexlib_layout_checkpoint(comfy_pack, tmp_path):
@@ -198,7 +226,7 @@ def test_parsing_mask_from_a_facexlib_layout_checkpoint(comfy_pack, tmp_path):
     torch.save(BiSeNet(num_class=19).state_dict(), tmp_path / "parsing_bisenet.pth")
     folder_paths.folder_names_and_paths["facedetection"] = ([str(tmp_path)], {".pth", ".onnx"})
     cls = comfy_pack.NODE_CLASS_MAPPINGS["BFRPasteFaces"]
-    assert "parsing_bisenet.pth" in cls.INPUT_TYPES()["required"]["parsing_model"][0]
+    assert "parsing_bisenet.pth" in combo_options(cls, "parsing_model")
     from bfr_core.faces.parsing import load_face_parser
 
     parser = load_face_parser(tmp_path / "parsing_bisenet.pth")
@@ -283,8 +311,67 @@ def test_paste_node_loads_the_parsing_model_once(comfy_pack, tmp_path, monkeypat
     img = torch.rand(1, 3, 96, 96)
     crops, faces = align_faces(img, _faces_at(img, [(48.0, 48.0)]), 64)
     img, crops = img.movedim(1, -1), crops.movedim(1, -1)
-    paste = comfy_pack.NODE_CLASS_MAPPINGS["BFRPasteFaces"]()
-    first = paste.paste(img, crops, faces, "parsing", 0.1, "none", "parsing_bisenet.pth")
-    second = paste.paste(img, crops, faces, "parsing", 0.1, "none", "parsing_bisenet.pth")
+    paste = comfy_pack.NODE_CLASS_MAPPINGS["BFRPasteFaces"]
+    first = run_node(paste, img, crops, faces, "parsing", 0.1, "none", "parsing_bisenet.pth")
+    second = run_node(paste, img, crops, faces, "parsing", 0.1, "none", "parsing_bisenet.pth")
     assert len(loads) == 1
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def _contract(node_cls) -> dict:
+    """What a saved workflow depends on: inputs in order (group, name, type, widget options) and outputs."""
+    inputs = []
+    for group, entries in node_cls.INPUT_TYPES().items():
+        for name, (kind, opts) in entries.items():
+            keep = {k: opts[k] for k in ("default", "min", "max", "step", "control_after_generate", "options")
+                    if k in opts}
+            if name in ("model_name", "parsing_model"):  # file lists depend on the model folders
+                keep.pop("options", None)
+                keep.pop("default", None)
+            inputs.append({"group": group, "name": name, "type": kind, **keep})
+    return {"inputs": inputs, "outputs": list(node_cls.RETURN_TYPES), "output_names": list(node_cls.RETURN_NAMES),
+            "output_is_list": list(node_cls.OUTPUT_IS_LIST)}
+
+
+def test_v3_nodes_keep_the_v1_contract(comfy_pack):
+    """tests/node_contract_v1.json was dumped from the V1 nodes (before the V3 move): node ids, input names, order,
+    types, widget defaults and ranges, output types and names. V1-era workflows load only while each node's V1
+    inputs stay a prefix of its inputs (new inputs are appended) and its outputs keep their types and order."""
+    import json
+    from pathlib import Path
+
+    v1 = json.loads((Path(__file__).parent / "node_contract_v1.json").read_text())
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    assert set(v1) <= set(nodes), set(v1) - set(nodes)
+    for node_id, old in v1.items():
+        new = _contract(nodes[node_id])
+        assert new["inputs"][:len(old["inputs"])] == old["inputs"], node_id
+        appended = new["inputs"][len(old["inputs"]):]
+        assert all(i["group"] == "optional" or "default" in i for i in appended), \
+            f"{node_id}: a new input must be optional or a widget with a default"
+        for key in ("outputs", "output_names", "output_is_list"):
+            assert new[key][:len(old[key])] == old[key], f"{node_id}.{key}"
+
+
+def test_bad_settings_are_refused_before_the_run(comfy_pack):
+    """validate_inputs runs at queue time on the widget values alone (links are not computed yet): the messages
+    reach the user before anything loads or samples."""
+    from conftest import validate_node
+
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    guidance = nodes["BFRIdentityGuidance"]
+    assert validate_node(guidance, strength=1.0, start=1.0, end=0.0, mask_mode="features", fidelity=0.0) is True
+    verdict = validate_node(guidance, strength=1.0, start=0.2, end=0.5, mask_mode="features", fidelity=0.0)
+    assert isinstance(verdict, str) and "end must not be larger than start" in verdict
+    assert isinstance(validate_node(guidance, start=1.5, end=0.0), str)
+    detect = nodes["BFRDetectFaces"]
+    assert validate_node(detect, select="indices", indices="0, -1") is True
+    assert validate_node(detect, select="all", indices="not numbers") is True  # ignored unless select=indices
+    assert "integers" in validate_node(detect, select="indices", indices="0,x")
+    assert "select must be one of" in validate_node(detect, select="biggest", indices="")
+    paste = nodes["BFRPasteFaces"]
+    assert validate_node(paste, mask="ellipse", parsing_model="none") is True
+    assert "parsing model" in validate_node(paste, mask="parsing", parsing_model="none")
+    assert "mask must be one of" in validate_node(paste, mask="circle", parsing_model="none")
+    with pytest.raises(ValueError, match="validation refused"):
+        run_node(guidance, None, 1.0, 0.2, 0.5, "features", 0.0)  # refused before execute would see the recognizer

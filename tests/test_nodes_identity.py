@@ -5,7 +5,7 @@ import torch
 from bfr_core.identity import IRESNET_LAYERS, IResNet
 from bfr_core.archs.iddpm_unet import IDDPMUNet
 from bfr_core.archs.iddpm_unet import TINY_CONFIG
-from conftest import load_rgb, shared_path
+from conftest import combo_options, load_rgb, run_node, shared_path
 
 
 # ComfyUI executes every node inside torch.inference_mode(); so do these tests (conftest fixture).
@@ -32,47 +32,47 @@ def folders(tmp_path, comfy_pack):
 
 def _load(comfy_pack):
     nodes = comfy_pack.NODE_CLASS_MAPPINGS
-    choices = nodes["BFRLoadFaceRecognizer"].INPUT_TYPES()["required"]["model_name"][0]
+    choices = combo_options(nodes["BFRLoadFaceRecognizer"], "model_name")
     name = next(c for c in choices if c.endswith("backbone.pth"))
     assert name.startswith("insightface:")
-    return nodes, nodes["BFRLoadFaceRecognizer"]().load(name, "fp32")[0]
+    return nodes, run_node(nodes["BFRLoadFaceRecognizer"], name, "fp32")[0]
 
 
 def test_similarity_node(comfy_pack, folders):
     nodes, rec = _load(comfy_pack)
     a = load_rgb(shared_path("images/aligned512/gfpgan_Adele_crop.png")).movedim(1, -1)
     b = load_rgb(shared_path("images/aligned512/gfpgan_Julia_Roberts_crop.png")).movedim(1, -1)
-    sims, report = nodes["BFRFaceSimilarity"]().compare(rec, torch.cat([a, b]), torch.cat([a, a]))
+    sims, report = run_node(nodes["BFRFaceSimilarity"], rec, torch.cat([a, b]), torch.cat([a, a]))
     assert len(sims) == 2 and sims[0] == pytest.approx(1.0, abs=1e-4) and sims[1] < sims[0]
     assert "face 1" in report and "mean" in report
     with pytest.raises(ValueError, match="same number"):
-        nodes["BFRFaceSimilarity"]().compare(rec, torch.cat([a, b, a]), torch.cat([a, a]))
+        run_node(nodes["BFRFaceSimilarity"], rec, torch.cat([a, b, a]), torch.cat([a, a]))
 
 
 def test_guidance_node_with_reference_photos(comfy_pack, folders):
     nodes, rec = _load(comfy_pack)
-    detector = nodes["BFRLoadFaceDetector"]().load("face_detection_yunet_2023mar.onnx")[0]
+    detector = run_node(nodes["BFRLoadFaceDetector"], "face_detection_yunet_2023mar.onnx")[0]
     photo = load_rgb(shared_path("images/whole/gfpgan_Blake_Lively.jpg")).movedim(1, -1)
-    (spec,) = nodes["BFRIdentityGuidance"]().build(rec, 1.0, 1.0, 0.0, "features", 0.0, reference=photo, detector=detector)
+    (spec,) = run_node(nodes["BFRIdentityGuidance"], rec, 1.0, 1.0, 0.0, "features", 0.0, reference=photo, detector=detector)
     assert spec.reference.shape == (1, 512)
     with pytest.raises(ValueError, match="no face found in reference"):
-        nodes["BFRIdentityGuidance"]().build(rec, 1.0, 1.0, 0.0, "features", 0.0, reference=torch.full_like(photo, 0.5),
-                                             detector=detector)
+        run_node(nodes["BFRIdentityGuidance"], rec, 1.0, 1.0, 0.0, "features", 0.0,
+                 reference=torch.full_like(photo, 0.5), detector=detector)
     with pytest.raises(ValueError, match="end"):
-        nodes["BFRIdentityGuidance"]().build(rec, 1.0, 0.2, 0.5, "features")
+        run_node(nodes["BFRIdentityGuidance"], rec, 1.0, 0.2, 0.5, "features")
 
 
 def test_guided_restore_moves_identity_toward_the_reference(comfy_pack, folders):
     nodes, rec = _load(comfy_pack)
-    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
     crops = load_rgb(shared_path("images/aligned512/gfpgan_Adele_crop.png"))
     crops = torch.nn.functional.interpolate(crops, size=(64, 64), mode="area").movedim(1, -1)
     ref = load_rgb(shared_path("images/aligned512/gfpgan_Justin_Timberlake_crop.png")).movedim(1, -1)
-    (plain,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 4, "ddim", 0.0, 0, 1)
+    (plain,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 4, "ddim", 0.0, 0, 1)
     distances = []
     for strength in (1.0, 4.0):
-        (spec,) = nodes["BFRIdentityGuidance"]().build(rec, strength, 1.0, 0.0, "none", 0.0, reference=ref)
-        (out,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 4, "ddim", 0.0, 0, 1, guidance=spec)
+        (spec,) = run_node(nodes["BFRIdentityGuidance"], rec, strength, 1.0, 0.0, "none", 0.0, reference=ref)
+        (out,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 4, "ddim", 0.0, 0, 1, guidance=spec)
         distances.append(out)
     target = rec.embed(ref.movedim(-1, 1))
     d = [float(1 - (rec.embed(x.movedim(-1, 1)) * target).sum()) for x in [plain] + distances]
@@ -83,25 +83,25 @@ def test_zero_strength_guidance_changes_nothing_even_with_resizing(comfy_pack, f
     """With guidance the node runs the backbone itself; it must do so exactly as restore_faces would
     (at the prior's resolution), so strength 0 equals no guidance for crops of another size."""
     nodes, rec = _load(comfy_pack)
-    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]  # 32 px prior
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]  # 32 px prior
     blur = torch.nn.Conv2d(3, 3, 5, padding=2, groups=3, bias=False)
     torch.nn.init.constant_(blur.weight, 1 / 25)
     crops = torch.rand(3, 64, 64, 3)
-    (plain,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, restorer=blur)
-    (spec,) = nodes["BFRIdentityGuidance"]().build(rec, 0.0, 1.0, 0.0, "features", 0.0)
-    (guided,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, restorer=blur,
-                                                       guidance=spec)
+    (plain,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, restorer=blur)
+    (spec,) = run_node(nodes["BFRIdentityGuidance"], rec, 0.0, 1.0, 0.0, "features", 0.0)
+    (guided,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, restorer=blur,
+                         guidance=spec)
     torch.testing.assert_close(guided, plain, atol=1e-5, rtol=0)
     bad_masks = torch.ones(7, 64, 64)
-    (spec,) = nodes["BFRIdentityGuidance"]().build(rec, 1.0, 1.0, 0.0, "features", 0.0, mask=bad_masks)
+    (spec,) = run_node(nodes["BFRIdentityGuidance"], rec, 1.0, 1.0, 0.0, "features", 0.0, mask=bad_masks)
     with pytest.raises(ValueError):
-        nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, guidance=spec)
+        run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 3, "ddim", 0.5, 0, 2, guidance=spec)
 
 
 def test_guided_backbone_pass_survives_out_of_memory(comfy_pack, folders):
     """With guidance the node runs the backbone itself: an out-of-memory there halves the chunk like the UNet's."""
     nodes, rec = _load(comfy_pack)
-    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
     sizes = []
 
     class Picky(torch.nn.Module):
@@ -116,9 +116,9 @@ def test_guided_backbone_pass_survives_out_of_memory(comfy_pack, folders):
             return x * self.w
 
     crops = torch.rand(3, 32, 32, 3)
-    (spec,) = nodes["BFRIdentityGuidance"]().build(rec, 1.0, 1.0, 0.0, "features", 0.0)
-    (out,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.0, 3, "ddim", 0.5, 0, 4, restorer=Picky(),
-                                                    guidance=spec)
+    (spec,) = run_node(nodes["BFRIdentityGuidance"], rec, 1.0, 1.0, 0.0, "features", 0.0)
+    (out,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.0, 3, "ddim", 0.5, 0, 4, restorer=Picky(),
+                      guidance=spec)
     assert sizes[:2] == [3, 1] and set(sizes[1:]) == {1}
     torch.testing.assert_close(out, (crops * 0.9).clamp(0, 1), atol=1e-6, rtol=0)
 
@@ -128,7 +128,7 @@ def test_guided_backbone_pass_survives_out_of_memory(comfy_pack, folders):
 
 def _choices(comfy_pack):
     spec = comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"].INPUT_TYPES()["required"]["model_name"]
-    return spec[0], spec[1].get("default", spec[0][0])
+    return spec[1]["options"], spec[1].get("default", spec[1]["options"][0])
 
 
 def _identity_workflow_values():
@@ -160,7 +160,7 @@ def test_recognizer_default_is_the_permissive_facexlib_file(comfy_pack, tmp_path
     assert _identity_workflow_values() == {default}
     assert REGISTRY["recognition_arcface_ir_se50.pth"].commercial
     with pytest.raises(FileNotFoundError, match="facerestore_models") as err:
-        comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"]().load(default, "fp32")
+        run_node(comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"], default, "fp32")
     assert "--" not in str(err.value)
     # Installed among other recognizers: still listed first and the default.
     (tmp_path / "restore").mkdir()
@@ -205,7 +205,7 @@ def test_legacy_spelling_loads_a_backbone_in_insightface_layout(comfy_pack, tmp_
     folder_paths.folder_names_and_paths["facerestore_models"] = ([str(tmp_path / "restore")], {".pth"})
     choices, _ = _choices(comfy_pack)
     assert {"insightface:custom/backbone.pth", "insightface:models/custom/backbone.pth"} <= set(choices)
-    rec = comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"]().load("insightface:custom/backbone.pth", "fp32")[0]
+    rec = run_node(comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"], "insightface:custom/backbone.pth", "fp32")[0]
     assert rec.arch == "iresnet18" and rec.path.endswith("models/custom/backbone.pth")
 
 
@@ -220,7 +220,7 @@ def test_onnx_recognizer_without_onnx_says_what_to_install(comfy_pack, tmp_path,
     folder_paths.folder_names_and_paths["insightface"] = ([str(tmp_path / "insightface")], {".onnx", ".pth"})
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
     with pytest.raises(Exception) as err:  # the pack's own copy of CheckpointError
-        comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"]().load("insightface:buffalo_l/w600k_r50.onnx", "fp32")
+        run_node(comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"], "insightface:buffalo_l/w600k_r50.onnx", "fp32")
     msg = str(err.value)
     assert type(err.value).__name__ == "CheckpointError"
     assert "optional `onnx` package" in msg and "pip install onnx" in msg and "recognition_arcface_ir_se50" in msg

@@ -4,7 +4,7 @@ import torch
 
 from bfr_core.archs.iddpm_unet import IDDPMUNet
 from bfr_core.archs.iddpm_unet import TINY_CONFIG
-from conftest import load_rgb, shared_path
+from conftest import combo_options, load_rgb, run_node, shared_path
 
 
 # ComfyUI executes every node inside torch.inference_mode(); so do these tests (conftest fixture).
@@ -31,23 +31,23 @@ def _nodes(comfy_pack):
 
 def test_loaders_list_and_load(comfy_pack, models_dir):
     nodes = _nodes(comfy_pack)
-    choices = nodes["BFRLoadDiffusionPrior"].INPUT_TYPES()["required"]["model_name"][0]
+    choices = combo_options(nodes["BFRLoadDiffusionPrior"], "model_name")
     assert "tiny_iddpm.pth" in choices
     (models_dir / "GFPGANv1.4.pth").write_bytes(b"")
     (models_dir / "recognition_arcface_ir_se50.pth").write_bytes(b"")
-    assert nodes["BFRLoadDiffusionPrior"].INPUT_TYPES()["required"]["model_name"][0][0] == "tiny_iddpm.pth"
-    backbones = nodes["BFRLoadRestorer"].INPUT_TYPES()["required"]["model_name"][0]
+    assert combo_options(nodes["BFRLoadDiffusionPrior"], "model_name")[0] == "tiny_iddpm.pth"
+    backbones = combo_options(nodes["BFRLoadRestorer"], "model_name")
     assert "GFPGANv1.4.pth" in backbones and "tiny_iddpm.pth" not in backbones
     assert "swinir_restoration512_L1.pth" not in backbones  # the placeholder only stands in for an empty folder
     assert "recognition_arcface_ir_se50.pth" not in backbones
-    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "auto")[0]
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "auto")[0]
     assert prior.sample_size == TINY_CONFIG.image_size and prior.dtype == torch.float32
-    assert nodes["BFRLoadRestorer"].INPUT_TYPES()["required"]["model_name"][0][0] == "none"
-    identity = nodes["BFRLoadRestorer"]().load("none", "auto")[0]
+    assert combo_options(nodes["BFRLoadRestorer"], "model_name")[0] == "none"
+    identity = run_node(nodes["BFRLoadRestorer"], "none", "auto")[0]
     x = torch.rand(1, 3, 8, 8)
     assert torch.equal(identity(x), x)
     with pytest.raises(Exception, match="missing.pth"):
-        nodes["BFRLoadDiffusionPrior"]().load("missing.pth", "auto")
+        run_node(nodes["BFRLoadDiffusionPrior"], "missing.pth", "auto")
 
 
 def test_diffusion_restore_node(comfy_pack, models_dir):
@@ -55,19 +55,19 @@ def test_diffusion_restore_node(comfy_pack, models_dir):
     import comfy.utils
 
     nodes = _nodes(comfy_pack)
-    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
     crops = torch.rand(3, 64, 64, 3)
     comfy.utils.UPDATES.clear()
     mm.FREED.clear()
-    (out,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.3, 4, "ddim", 0.5, 5, 2)
+    (out,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 4, "ddim", 0.5, 5, 2)
     assert out.shape == crops.shape and out.dtype == torch.float32 and out.device.type == "cpu"
     assert 0 <= float(out.min()) and float(out.max()) <= 1 and not torch.equal(out, crops)
     assert comfy.utils.UPDATES[-1] == (8, 8)  # 4 steps x 2 chunks, reported to the progress bar
     assert mm.FREED, "memory was not requested from ComfyUI before loading the prior"
     # Per-face seeds: face 1 of the batch equals face 0 restored alone with seed + 1.
-    (alone,) = nodes["BFRDiffusionRestore"]().restore(crops[1:2], prior, 0.3, 4, "ddim", 0.5, 6, 2)
+    (alone,) = run_node(nodes["BFRDiffusionRestore"], crops[1:2], prior, 0.3, 4, "ddim", 0.5, 6, 2)
     torch.testing.assert_close(alone, out[1:2], atol=1e-5, rtol=0)
-    (same,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.0, 4, "ddim", 0.5, 5, 2)
+    (same,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.0, 4, "ddim", 0.5, 5, 2)
     assert torch.allclose(same, crops, atol=1e-6)  # strength 0 without a backbone: crops unchanged
 
 
@@ -75,19 +75,19 @@ def test_diffusion_restore_can_be_cancelled(comfy_pack, models_dir):
     import comfy.model_management as mm
 
     nodes = _nodes(comfy_pack)
-    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
     mm.INTERRUPT["flag"] = True
     with pytest.raises(mm.InterruptProcessingException):
-        nodes["BFRDiffusionRestore"]().restore(torch.rand(2, 32, 32, 3), prior, 0.4, 50, "ddim", 0.5, 0, 1)
+        run_node(nodes["BFRDiffusionRestore"], torch.rand(2, 32, 32, 3), prior, 0.4, 50, "ddim", 0.5, 0, 1)
 
 
 def test_all_in_one_node(comfy_pack, models_dir):
     nodes = _nodes(comfy_pack)
-    detector = nodes["BFRLoadFaceDetector"]().load("face_detection_yunet_2023mar.onnx")[0]
-    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    detector = run_node(nodes["BFRLoadFaceDetector"], "face_detection_yunet_2023mar.onnx")[0]
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
     photo = load_rgb(shared_path("images/whole/gfpgan_Blake_Lively.jpg")).movedim(1, -1)
     batch = torch.cat([photo, torch.full_like(photo, 0.5)])
-    out, mask = nodes["BFRRestoreFaces"]().restore(batch, detector, prior, 0.1, 2, 0, "largest", "lowpass")
+    out, mask = run_node(nodes["BFRRestoreFaces"], batch, detector, prior, 0.1, 2, 0, "largest", "lowpass")
     assert out.shape == batch.shape and mask.shape == batch.shape[:3]
     assert mask[0].max() > 0.99 and not mask[1].any() and torch.equal(out[1], batch[1])
     changed = (out[0] - batch[0]).abs().amax(-1) > 1e-3
@@ -99,13 +99,13 @@ def test_saved_ddim_100_workflows_keep_difface_exact(comfy_pack, models_dir):
     from bfr_core import restore_faces
 
     nodes = _nodes(comfy_pack)
-    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
     crops = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(3))
-    (legacy,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.4, 100, "ddim", 0.5, 7, 1)
-    (official,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.4, 20, "official", 0.0, 7, 1)
+    (legacy,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.4, 100, "ddim", 0.5, 7, 1)
+    (official,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.4, 20, "official", 0.0, 7, 1)
     ref = restore_faces(crops.movedim(-1, 1).contiguous(), prior, sampler="official", seed=7).movedim(1, -1)
     assert torch.equal(legacy, official) and torch.equal(official, ref)  # official ignores steps and eta
-    (ddim99,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.4, 99, "ddim", 0.5, 7, 1)
+    (ddim99,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.4, 99, "ddim", 0.5, 7, 1)
     assert not torch.equal(ddim99, legacy)  # any other setting is plain DDIM
 
 
@@ -113,12 +113,12 @@ def test_faces_input_seeds_like_the_all_in_one_node(comfy_pack, models_dir):
     from bfr_core import AlignedFaces
 
     nodes = _nodes(comfy_pack)
-    prior = nodes["BFRLoadDiffusionPrior"]().load("tiny_iddpm.pth", "fp32")[0]
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
     crops = torch.rand(3, 32, 32, 3, generator=torch.Generator().manual_seed(4))
     faces = AlignedFaces(torch.tensor([0, 0, 1]), torch.zeros(3, 2, 3), torch.zeros(3, 5, 2), torch.ones(3), 32,
                          [(64, 64)] * 2)
-    (keyed,) = nodes["BFRDiffusionRestore"]().restore(crops, prior, 0.4, 4, "ddim", 0.5, 5, 2, faces=faces)
-    (alone,) = nodes["BFRDiffusionRestore"]().restore(crops[2:], prior, 0.4, 4, "ddim", 0.5, 5, 2)
+    (keyed,) = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.4, 4, "ddim", 0.5, 5, 2, faces=faces)
+    (alone,) = run_node(nodes["BFRDiffusionRestore"], crops[2:], prior, 0.4, 4, "ddim", 0.5, 5, 2)
     torch.testing.assert_close(keyed[2:], alone, atol=1e-5, rtol=0)  # image 1's first face: seed + 0
     with pytest.raises(ValueError, match="describes 3 faces"):
-        nodes["BFRDiffusionRestore"]().restore(crops[:2], prior, 0.4, 4, "ddim", 0.5, 5, 2, faces=faces)
+        run_node(nodes["BFRDiffusionRestore"], crops[:2], prior, 0.4, 4, "ddim", 0.5, 5, 2, faces=faces)

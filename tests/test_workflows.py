@@ -30,9 +30,10 @@ def _signature(nodes_map, node_type):
         inputs = []
         for group in ("required", "optional"):
             for name, entry in spec.get(group, {}).items():
-                kind = entry[0]
-                inputs.append((name, "COMBO" if isinstance(kind, list) else kind, entry[1] if len(entry) > 1 else {},
-                               kind if isinstance(kind, list) else None))
+                kind, opts = entry[0], entry[1] if len(entry) > 1 else {}
+                if isinstance(kind, list):  # V1 combo: the choices are the type
+                    kind, opts = "COMBO", {**opts, "options": kind}
+                inputs.append((name, kind, opts, opts.get("options") if kind == "COMBO" else None))
         return inputs, list(cls.RETURN_TYPES)
     if node_type in CORE_NODES:
         ins, outs = CORE_NODES[node_type]
