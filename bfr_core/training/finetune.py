@@ -46,7 +46,8 @@ from .checkpoints import read_training_state, write_training_state
 from .data import Pairs
 from .metrics import laplacian_variance, psnr
 
-__all__ = ["MIN_FACES", "FinetuneConfig", "FinetuneResult", "check_face_count", "evaluate_backbone", "finetune_backbone"]
+__all__ = ["MIN_FACES", "FinetuneConfig", "FinetuneResult", "check_face_count", "evaluate_backbone",
+           "finetune_backbone"]
 
 # Fewer faces than this and fine-tuning memorises the faces instead of learning the degradation (DT-BFR used
 # 970–2,500); one in eight is also held out for validation.
@@ -241,6 +242,27 @@ def finetune_backbone(
     whose output gradients do not reach (ValueError/TypeError, before any step); out of memory at one face per
     micro-batch (RuntimeError saying what to change).
     """
+    # callers may run under no_grad (the CLI) or inference mode (ComfyUI): optimizer state and the graph need
+    # ordinary tensors
+    with torch.inference_mode(False), torch.enable_grad():
+        return _finetune(backbone, train, val, config, perceptual=perceptual, checkpoint_dir=checkpoint_dir,
+                         progress=progress, cancel=cancel, log=log, accelerator=accelerator)
+
+
+def _finetune(
+    backbone: torch.nn.Module,
+    train: Pairs,
+    val: Pairs | None = None,
+    config: FinetuneConfig | None = None,
+    *,
+    perceptual: Callable[[Tensor, Tensor], Tensor] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+    log: Callable[[str], None] | None = None,
+    accelerator: Any = None,
+) -> FinetuneResult:
+    """The body of `finetune_backbone` (which sets the autograd mode)."""
     config = config or FinetuneConfig()
     config.check()
     rank, processes = ((accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1))
@@ -359,8 +381,7 @@ def finetune_backbone(
 
     if result.step == 0:
         validate()  # the starting point, for comparison
-    with torch.inference_mode(False), torch.enable_grad():  # callers may run under no_grad (CLI, ComfyUI)
-        _train_loop(result, config, one_step, validate, checkpoint, progress, cancel)
+    _train_loop(result, config, one_step, validate, checkpoint, progress, cancel)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     if ema is not None:
