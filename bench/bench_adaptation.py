@@ -22,7 +22,7 @@ shapes, speed does not depend on their values):
   speed       the adapted backbone alone (one SwinIR forward) against the DifFace path (SwinIR + 20 UNet steps,
               the fast preset; 100 for the official one), from measured SwinIR and UNet times on the same face
 
-    PYTHONPATH=. python bench/bench_adaptation.py [--size 32] [--steps 150] [--threads 2] [--skip-512]
+    PYTHONPATH=. python bench/bench_adaptation.py [--size 32] [--steps 150] [--threads 2] [--skip-512] [--skip-quality]
 """
 from __future__ import annotations
 
@@ -206,6 +206,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=2, help="timed fine-tuning steps at 512 (default 2)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-512", action="store_true")
+    ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--phase", choices=["targets512", "train512"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -213,7 +214,8 @@ def main() -> None:
         print(json.dumps((phase_targets512 if args.phase == "targets512" else phase_train512)(args)))
         return
     print(f"torch {torch.__version__}, {args.threads} thread(s), CPU")
-    quality(args)
+    if not args.skip_quality:
+        quality(args)
     if args.skip_512:
         return
     tg = run_phase("targets512", args)

@@ -12,7 +12,7 @@ import torch
 
 from ..utils.sharding import Shard, shard_from_env
 
-__all__ = ["make_accelerator", "process_shard"]
+__all__ = ["make_accelerator", "process_shard", "wait_for_everyone"]
 
 
 def make_accelerator(device: str | torch.device = "cpu") -> Any:
