@@ -12,6 +12,7 @@ Main entry points:
     load_prior(path) / load_restorer(path) the DifFace prior and backbone (or diffusers / spandrel models)
     restore_faces(crops, prior, ...)       DifFace restoration of aligned crops (batched, seeded per face)
     generate_pseudo_targets(crops, prior)  DT-BFR pseudo-targets (prior-refined backbone estimates) for adaptation
+    finetune_backbone(f, pairs, ...)       DT-BFR adaptation: fine-tune the backbone on (crop, pseudo-target) pairs
     FaceRestorer(prior, backbone, ...)     the whole restore recipe as one object: restorer(crops) → restored crops
     load_recognizer(path)                  ArcFace recognizer (insightface ONNX / arcface_torch / facexlib)
     IdentityGuidance(recognizer, ...)      masked identity guidance: restore_faces(..., guidance=...)
@@ -62,6 +63,9 @@ _EXPORTS = {
     "backbone_estimate": ".restoration.estimate",
     "generate_pseudo_targets": ".restoration.pseudo_targets",
     "write_pseudo_targets": ".training.pseudo_targets",
+    "FinetuneConfig": ".training.finetune",
+    "finetune_backbone": ".training.finetune",
+    "save_backbone": ".training.backbones",
     "DetectOptions": ".faces.detection.batch",
     "PasteOptions": ".restoration.pipeline",
     "RestoreResult": ".restoration.pipeline",

@@ -410,17 +410,23 @@ def _report_throughput(shard, planned: int, done: int, faces: int, skipped: int,
 
 def cmd_align(args: argparse.Namespace) -> int:
     """Aligned face crops of each photo: OUTDIR/<stem>_face<k>.png (k in the selection's order)."""
+    _check_output(args, "crops")
+    args.images = _expand_inputs(args.images)
+    unreadable: list[str] = []
+    _align_photos(args, args.images, Path(args.output), unreadable)
+    return _report_unreadable(unreadable, len(args.images))
+
+
+def _align_photos(args: argparse.Namespace, photos: list[str], outdir: Path, unreadable: list[str]) -> dict[str, int]:
+    """Write the aligned crops of ``photos`` to OUTDIR/<stem>_face<k>.png; returns the face count per photo read."""
     from .faces.align import align_faces
     from .faces.detection.batch import detect_faces
     from .io.images import write_image
 
-    _check_output(args, "crops")
-    args.images = _expand_inputs(args.images)
     detector = _detector(args)
-    outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
-    unreadable: list[str] = []
-    for path in args.images:
+    counts: dict[str, int] = {}
+    for path in photos:
         img = _read_or_report(path, unreadable)
         if img is None:
             continue
@@ -428,8 +434,9 @@ def cmd_align(args: argparse.Namespace) -> int:
         crops, faces = align_faces(rgb, detect_faces(detector, rgb, _options(args)), args.crop_size)
         for k in range(len(faces)):
             write_image(outdir / f"{Path(path).stem}_face{k}.png", crops[k].cpu(), bit_depth=img.bit_depth)
+        counts[path] = len(faces)
         print(f"{path}: {len(faces)} face(s) -> {outdir}")
-    return _report_unreadable(unreadable, len(args.images))
+    return counts
 
 
 def cmd_pseudo_targets(args: argparse.Namespace) -> int:
@@ -437,9 +444,7 @@ def cmd_pseudo_targets(args: argparse.Namespace) -> int:
     from .training.pseudo_targets import write_pseudo_targets
 
     _check_output(args, "pseudo-targets")
-    if args.constrain_until > args.t_start:
-        raise ValueError(f"--constrain-until ({args.constrain_until}) must not exceed --t-start ({args.t_start}); "
-                         f"0 turns the low-pass constraint off")
+    _target_options(args)
     crops = [Path(p) for p in _expand_inputs(args.crops)]
     missing = [str(p) for p in crops if not p.is_file()]
     if missing:
@@ -456,11 +461,86 @@ def cmd_pseudo_targets(args: argparse.Namespace) -> int:
     before = sum((outdir / (p.stem + ".png")).exists() for p in crops) if outdir.is_dir() else 0
     if before:
         print(f"{before} of {len(crops)} target(s) already in {outdir}: skipped", file=sys.stderr)
+    shard = args.shard or shard_from_env()
     targets = write_pseudo_targets(crops, outdir, prior, backbone, seed=args.seed, batch_size=args.batch_size,
-                                   progress=_print_progress, device=args.device, t_start=args.t_start,
-                                   lowpass=args.lowpass, constrain_until=args.constrain_until)
-    print(f"{len(targets) - before} pseudo-target(s) written to {outdir} ({len(targets)} in all)")
+                                   progress=_print_progress, device=args.device, shard=shard, **_target_options(args))
+    made = sum(t.exists() for t in targets) - before
+    print(f"{made} pseudo-target(s) written to {outdir} ({len(targets)} in all"
+          f"{f'; this was shard {shard}' if shard.sharded else ''})")
     return 0
+
+
+def _target_options(args: argparse.Namespace) -> dict:
+    if args.constrain_until > args.t_start:
+        raise ValueError(f"--constrain-until ({args.constrain_until}) must not exceed --t-start ({args.t_start}); "
+                         f"0 turns the low-pass constraint off")
+    return dict(t_start=args.t_start, lowpass=args.lowpass, constrain_until=args.constrain_until)
+
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    """DT-BFR adaptation: align the photos (or take aligned crops), make or reuse pseudo-targets, fine-tune the
+    backbone, save it in the layout of its file. Resumable; several processes with accelerate launch / torchrun."""
+    from .diffusion.loading import load_prior
+    from .restoration.backbones import load_restorer
+    from .training.adapt import adapt_backbone
+    from .training.backbones import save_backbone
+    from .training.distributed import make_accelerator, process_shard, wait_for_everyone
+    from .training.finetune import FinetuneConfig
+
+    out = Path(str(args.output))
+    if not str(args.output).strip() or out.is_dir():
+        raise ValueError(f"-o {args.output!r} must name the adapted backbone's file (e.g. swinir_adapted.pth)")
+    targets = _target_options(args)
+    config = FinetuneConfig(steps=args.steps, batch_size=args.batch_size, micro_batch=args.micro_batch, lr=args.lr,
+                            lr_min=args.lr_min, ema_decay=args.ema, precision=args.precision,
+                            perceptual_weight=args.perceptual_weight, train_mode=not args.eval_mode,
+                            flip=args.flip, validate_every=args.validate_every,
+                            checkpoint_every=args.checkpoint_every, seed=args.seed)
+    config.check()
+    work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
+    accelerator = make_accelerator(args.device)  # None for one process
+    device = accelerator.device if accelerator is not None else args.device
+    inputs = _expand_inputs(args.images)
+    unreadable: list[str] = []
+    if args.aligned:
+        crops = [Path(p) for p in inputs]
+        missing = [str(p) for p in crops if not p.is_file()]
+        if missing:
+            raise ValueError(f"crop file(s) not found: {', '.join(missing)}")
+    else:  # each process aligns its share of the photos; then every process lists all crops
+        args.device = str(device)
+        _align_photos(args, process_shard(accelerator).take(inputs), work / "crops", unreadable)
+        wait_for_everyone(accelerator)
+        found = {p: sorted((work / "crops").glob(f"{Path(p).stem}_face*.png")) for p in inputs}
+        faceless = [p for p, c in found.items() if not c and p not in unreadable]
+        if faceless:
+            print(f"warning: no face found in {len(faceless)} photo(s), left out: {', '.join(faceless)} (lower "
+                  f"--threshold or --min-size to find smaller or fainter faces)", file=sys.stderr)
+        crops = [c for p in inputs for c in found[p]]
+        if not crops:
+            raise ValueError("no face found in any photo: nothing to adapt to (aligned crops already? pass --aligned)")
+    dtype = parse_dtype(args.dtype)
+    prior = load_prior(_model_path(args, args.prior), device=device, dtype=dtype)
+    backbone = load_restorer(_model_path(args, args.restorer), device=device)
+    perceptual = None
+    if args.perceptual:
+        from .training.perceptual import load_perceptual
+
+        perceptual = load_perceptual(model_files.resolve_model(args.perceptual, args.models_dir), device=device)
+    log = (lambda line: print(line, file=sys.stderr)) if process_shard(accelerator).index == 0 else None
+    result = adapt_backbone(crops, work, prior, backbone, config, holdout=args.holdout, perceptual=perceptual,
+                            pseudo_target_options=dict(seed=args.seed, batch_size=args.target_batch_size,
+                                                       device=device, **targets),
+                            accelerator=accelerator, target_progress=_print_progress,
+                            progress=_print_progress if log else None, log=log)
+    if process_shard(accelerator).index == 0:
+        save_backbone(backbone, out)
+        val = result.validation
+        figures = (f"; held-out PSNR to the targets {val[0]['psnr']:.2f} → {val[-1]['psnr']:.2f} dB"
+                   if len(val) > 1 else "")
+        print(f"adapted backbone ({result.step} steps, {len(crops)} faces{figures}) -> {out}")
+    wait_for_everyone(accelerator)
+    return _report_unreadable(unreadable, len(inputs))
 
 
 def _size_text(n: int | None) -> str:
@@ -514,6 +594,59 @@ def _add_dtype_arg(p: argparse.ArgumentParser, default: str) -> None:
 def _add_chunk_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-frames", type=_number(int, 1, 4096), default=16,
                    help="video frames decoded and processed at a time (memory does not grow with the length)")
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    """The pseudo-target options (`pseudo-targets` and `adapt`)."""
+    p.add_argument("--t-start", type=_number(int, 1, 249, what=" (a step of the 250-step respacing)"), default=150,
+                   help="start step of the 250-step respacing (default 150 = training timestep 600)")
+    p.add_argument("--lowpass", type=_number(int, 1, 4096), default=16,
+                   help="low band = bicubic down by this factor and back (DT-BFR: 16 for SwinIR, 8 otherwise)")
+    p.add_argument("--constrain-until", type=_number(int, 1, 249, zero_ok=True, what=", or 0 for no constraint"),
+                   default=90, help="keep the estimate's low band while t >= this (default 90; 0 = off)")
+    p.add_argument("--seed", type=_number(int, 0), default=0, help="crop i (in the listed order) uses seed + i")
+
+
+def _add_adapt_parser(sub) -> None:
+    p = sub.add_parser(
+        "adapt", help="DT-BFR: fine-tune a backbone on pseudo-targets of your own photos (resumable, multi-process)",
+        description="Detect and align the faces of the photos (or take aligned crops with --aligned), make their "
+                    "pseudo-targets with the prior (or reuse those in the work folder), fine-tune the backbone on "
+                    "(crop, target) pairs, and save it with the keys and layout of the --restorer file. Rerun the "
+                    "same command to resume. Several processes: accelerate launch [--multi_gpu --num_processes N] "
+                    "-m bfr_core adapt ... (DDP; the pseudo-targets are shared out between the processes).")
+    _add_detect_args(p)
+    p.add_argument("-o", "--output", required=True, help="the adapted backbone's file (e.g. swinir_adapted.pth)")
+    p.add_argument("--restorer", required=True, help="the backbone to adapt, e.g. swinir_restoration512_L1.pth")
+    p.add_argument("--prior", required=True, help="pixel diffusion prior: iddpm_ffhq512_ema500000.pth, a "
+                                                  ".safetensors copy, or a diffusers UNet folder")
+    p.add_argument("--aligned", action="store_true", help="the inputs are aligned face crops (no detection)")
+    p.add_argument("--crop-size", type=_number(int, 64, 4096), default=512, help="aligned crop size in px (512)")
+    p.add_argument("--work-dir", help="crops, pseudo-targets and checkpoints (default: OUTPUT.work)")
+    _add_target_args(p)
+    p.add_argument("--target-batch-size", type=_number(int, 1), default=4,
+                   help="faces per UNet call for the pseudo-targets (halved on out-of-memory)")
+    p.add_argument("--dtype", choices=sorted(PRECISIONS), default="fp32", help="the prior's precision")
+    p.add_argument("--steps", type=_number(int, 1), default=20000, help="optimizer steps (DT-BFR: 20000)")
+    p.add_argument("--batch-size", type=_number(int, 1), default=16, help="faces per step, all processes (16)")
+    p.add_argument("--micro-batch", type=_number(int, 1), default=None,
+                   help="faces per forward pass; gradients accumulate to --batch-size (halved on out-of-memory)")
+    p.add_argument("--lr", type=_number(float, 1e-12), default=2e-5, help="AdamW learning rate (2e-5) …")
+    p.add_argument("--lr-min", type=_number(float, 0.0), default=5e-6, help="… cosine-annealed to this (5e-6)")
+    p.add_argument("--ema", type=_number(float, 0.0, 0.99999), default=0.0, help="EMA decay, e.g. 0.999 (0 = off)")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
+                   help="training precision: bf16 autocast (CPU/CUDA), fp16 (CUDA), fp32")
+    p.add_argument("--perceptual", help="VGG16/19 weights (torchvision's vgg16-397923af.pth) for a perceptual term; "
+                                        "without it: L1 only. Never downloaded")
+    p.add_argument("--perceptual-weight", type=_number(float, 0.0), default=0.1)
+    p.add_argument("--holdout", type=_number(float, 0.0, 0.9), default=0.125,
+                   help="fraction of the faces held out for validation (default 1 in 8)")
+    p.add_argument("--validate-every", type=_number(int, 1), default=500)
+    p.add_argument("--checkpoint-every", type=_number(int, 1), default=500)
+    p.add_argument("--eval-mode", action="store_true",
+                   help="train with dropout / stochastic depth off (deterministic)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
+    p.set_defaults(func=cmd_adapt)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -594,20 +727,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                   ".safetensors copy, or a diffusers UNet folder")
     p.add_argument("--restorer", default="none",
                    help="the backbone to adapt, e.g. swinir_restoration512_L1.pth ('none': the crop itself)")
-    p.add_argument("--t-start", type=_number(int, 1, 249, what=" (a step of the 250-step respacing)"), default=150,
-                   help="start step of the 250-step respacing (default 150 = training timestep 600)")
-    p.add_argument("--lowpass", type=_number(int, 1, 4096), default=16,
-                   help="low band = bicubic down by this factor and back (DT-BFR: 16 for SwinIR, 8 otherwise)")
-    p.add_argument("--constrain-until", type=_number(int, 1, 249, zero_ok=True, what=", or 0 for no constraint"),
-                   default=90, help="keep the estimate's low band while t >= this (default 90; 0 = off)")
-    p.add_argument("--seed", type=_number(int, 0), default=0, help="crop i (in the listed order) uses seed + i")
+    _add_target_args(p)
     p.add_argument("--batch-size", type=_number(int, 1), default=4,
                    help="faces per UNet call (halved on out-of-memory)")
     _add_dtype_arg(p, "fp32")
     _add_device_arg(p)
     p.add_argument("--models-dir", help=f"models folder (also ${model_files.ENV_MODELS_DIR}, or ComfyUI/models)")
     _add_licence_arg(p)
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="make only this process's share of the targets (every N-th crop from the I-th; seeds as in "
+                        "one run). Default: RANK/WORLD_SIZE when set (torchrun, accelerate launch), else all")
     p.set_defaults(func=cmd_pseudo_targets)
+    _add_adapt_parser(sub)
     p = sub.add_parser("similarity", help="cosine similarity of the largest faces in two images")
     p.add_argument("a")
     p.add_argument("b")

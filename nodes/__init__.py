@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .adapt import BFRAdaptRestorer, BFRPseudoTargets
 from .align import BFRAlignFaces, BFRPasteFaces
 from .comfy_glue import register_model_folders
 from .detect import BFRDetectFaces, BFRLoadFaceDetector
@@ -27,6 +28,8 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     BFRFaceSimilarity,
     BFRTrackFaces,
     BFRBlendFaceTracks,
+    BFRPseudoTargets,
+    BFRAdaptRestorer,
 ]
 
 

@@ -33,13 +33,14 @@ from torch import Tensor
 
 from ..models.checkpoint import CheckpointError, CheckpointLayout, load_state_dict_and_layout, wrong_kind_error
 
-KINDS = ("prior", "backbone", "detector", "recognizer", "parser")
+KINDS = ("prior", "backbone", "detector", "recognizer", "parser", "perceptual")
 KIND_NOUNS = {
     "prior": "diffusion prior",
     "backbone": "restoration backbone",
     "detector": "face detector",
     "recognizer": "face recognizer",
     "parser": "face-parsing model",
+    "perceptual": "perceptual-loss network",
 }
 # Where each kind goes under ComfyUI/models (the CLI's --models-dir has the same sub-folders).
 KIND_FOLDERS = {
@@ -48,6 +49,7 @@ KIND_FOLDERS = {
     "detector": "models/facedetection",
     "recognizer": "models/insightface or models/facerestore_models",
     "parser": "models/facedetection",
+    "perceptual": "models/facerestore_models (or anywhere: it is named by path)",
 }
 
 
@@ -259,6 +261,9 @@ ARCHITECTURES: list[Architecture] = [
                  _lazy(_fp, "is_bisenet_state_dict"), _ignoring_options(_lazy(_fp, "load_bisenet"))),
     Architecture("facexlib_parsenet", "facexlib ParseNet", "parser",
                  _lazy(_fp, "is_parsenet_state_dict"), _ignoring_options(_lazy(_fp, "load_parsenet"))),
+    # perceptual-loss features for fine-tuning (training/perceptual.py)
+    Architecture("vgg", "VGG (torchvision)", "perceptual", _lazy(".vgg", "is_vgg_state_dict"),
+                 _ignoring_options(_lazy(".vgg", "load_vgg_features"))),
     # restoration backbones: the own SwinIR port, then everything spandrel knows
     Architecture("swinir", "SwinIR", "backbone", _lazy(".swinir", "is_swinir_state_dict"), _swinir_build),
     Architecture("spandrel", "spandrel image model", "backbone", _spandrel_detect, _spandrel_build,

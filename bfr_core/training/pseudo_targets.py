@@ -17,6 +17,7 @@ from ..io.images import read_image, write_image
 from ..restoration.estimate import Restorer
 from ..restoration.pseudo_targets import DEFAULT_T_START, generate_pseudo_targets
 from ..utils import ProgressCallback
+from ..utils.sharding import Shard
 
 __all__ = ["write_pseudo_targets"]
 
@@ -52,6 +53,7 @@ def write_pseudo_targets(
     bit_depth: int = 16,
     progress: ProgressCallback | None = None,
     device: torch.device | str | None = None,
+    shard: Shard | None = None,
     **kwargs: Any,
 ) -> list[Path]:
     """Pseudo-targets of aligned crops written to ``out_dir``, one PNG per face, resumable.
@@ -63,7 +65,9 @@ def write_pseudo_targets(
     (``kwargs``: its t_start, lowpass, constrain_until, respacing, dtype, …) and each chunk's targets are written
     at once (``bit_depth`` 16 or 8; atomic: temp file + rename, so an interrupted run leaves only whole files).
     Crops go to ``device`` (default: the tensor's device, CPU for files). ``progress(done, total)`` counts model
-    evaluations over the faces still to do. Returns the target paths of all faces, in order.
+    evaluations over the faces still to do. ``shard``: make only this process's share of the faces (every N-th
+    from the I-th; seeds stay those of the whole list, so N processes together write exactly the one-process
+    files). Returns the target paths of all faces, in order.
     """
     if "seeds" in kwargs:
         raise ValueError("write_pseudo_targets seeds face i with seed + i; pass seed=")
@@ -88,7 +92,8 @@ def write_pseudo_targets(
         clash = [t for t in targets if t.resolve() in inputs]
         if clash:
             raise ValueError(f"{clash[0]} would overwrite an input crop; choose another output folder")
-    todo = [i for i, t in enumerate(targets) if not t.exists()]
+    mine = (shard or Shard()).take(range(len(targets)), key=int)
+    todo = [i for i in mine if not targets[i].exists()]
     if not todo:
         return targets
     out.mkdir(parents=True, exist_ok=True)
