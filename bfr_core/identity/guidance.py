@@ -80,6 +80,18 @@ ComfyUI MASK layout) is resized to the sampler's resolution (bilinear, antialias
 of masks is indexed per face like the targets. The correction is the gradient multiplied by the mask, so it is
 exactly 0 wherever the (resized) mask is 0 (resizing rounds values below 1e-6 to 0 so zeros stay zeros).
 
+Latent priors
+-------------
+With ``latent_prior=prior`` (an SD/SDXL `LatentDiffusionPrior` or any `LatentPrior`) the hook's x0 is the predicted
+clean *latent* z0 (CLR-Face's setting): the recognizer reads ``prior.decode(z0, grad=True)`` (the VAE decoder in
+the graph), L is the same cosine distance, and g = ∂L/∂z0 — one decoder forward + backward and one recognizer
+forward + backward per step, still no backprop through the UNet. The mask is applied on the latent grid: "features"
+is drawn on the template at the latent size, a crop-space mask is resized (antialiased) to the latent grid, so the
+correction is exactly 0 at latent positions the mask excludes. RMS normalisation and σ_t scaling are as above, in
+latent units (SD latents × scaling_factor have unit-order RMS like pixel model space). The fidelity anchor is the
+estimate's latents (``prior.encode``). Cost: the VAE decoder's backward dominates at 512 px (see
+bench/bench_latent_prior.py).
+
 Devices and dtypes
 ------------------
 The recognizer may live on another device or dtype than the prior: x0 is moved to the recognizer's device
@@ -116,6 +128,16 @@ class FaceRecognizer(Protocol):
     """
 
     def embed(self, faces: Tensor) -> Tensor: ...
+
+
+class LatentCodec(Protocol):
+    """What latent-space guidance needs from a latent prior (`bfr_core.diffusion.priors.LatentPrior` has it)."""
+
+    sample_size: int
+
+    def encode(self, images: Tensor) -> Tensor: ...
+
+    def decode(self, latents: Tensor, *, grad: bool = False) -> Tensor: ...
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -250,6 +272,8 @@ class IdentityGuidance:
         cap: None (default) or a multiple of the Polyak step: each step's identity correction is at most ``cap``
             times the step at which the linearised distance would reach 0 (module docstring, "Overshoot").
         record: keep a per-call log in ``self.trace`` (t, faces, distance before the step, correction RMS).
+        latent_prior: the `LatentPrior` whose latents the sampler runs on (module docstring, "Latent priors");
+            None = a pixel prior.
     """
 
     def __init__(
@@ -265,6 +289,7 @@ class IdentityGuidance:
         alphas_cumprod: Tensor | None = None,
         cap: float | None = None,
         record: bool = False,
+        latent_prior: LatentCodec | None = None,
     ):
         if not callable(getattr(recognizer, "embed", None)):
             raise TypeError("recognizer must have an embed(faces) method (see FaceRecognizer)")
@@ -320,6 +345,10 @@ class IdentityGuidance:
         self._anchor: Tensor | None = None  # [B, 3, H, W] CPU float32 in [0, 1]
         self.record = bool(record)
         self.trace: list[dict] = []
+        if latent_prior is not None and not (callable(getattr(latent_prior, "encode", None))
+                                             and callable(getattr(latent_prior, "decode", None))):
+            raise TypeError("latent_prior must have encode(images) and decode(latents, grad=True) (a LatentPrior)")
+        self.latent_prior = latent_prior
 
     # ----------------------------------------------------------------------------------- preparation
     @classmethod
@@ -442,6 +471,12 @@ class IdentityGuidance:
         key = ("anchor", size)
         if key not in self._mask_cache:  # kept on the CPU like the anchors; the chunk's rows go to the device
             a = self._anchor
+            if self.latent_prior is not None:  # the anchor's latents (encoded at the prior's own resolution)
+                s = int(self.latent_prior.sample_size)
+                a = a if tuple(a.shape[-2:]) == (s, s) else resize_antialiased(a, (s, s)).clamp(0, 1)
+                with torch.no_grad():
+                    self._mask_cache[key] = self.latent_prior.encode(a).float().cpu()
+                return self._mask_cache[key][faces.cpu()].to(device)
             if tuple(a.shape[-2:]) != size:
                 a = resize_antialiased(a, size).clamp(0, 1)
             self._mask_cache[key] = a * 2 - 1
@@ -455,8 +490,10 @@ class IdentityGuidance:
             raise ValueError(f"x0_pred {tuple(x0_pred.shape)} does not match {len(faces)} face indices")
         if (self.strength == 0 and self.fidelity == 0) or not self.is_active(t) or x0_pred.shape[0] == 0:
             return zeros
-        if x0_pred.shape[1] not in (1, 3):
-            raise ValueError(f"identity guidance needs 1- or 3-channel images, got {x0_pred.shape[1]} channels")
+        latent = self.latent_prior is not None
+        if not latent and x0_pred.shape[1] not in (1, 3):
+            raise ValueError(f"identity guidance needs 1- or 3-channel images, got {x0_pred.shape[1]} channels "
+                             "(latents? build it with latent_prior=the prior)")
 
         dev = recognizer_device_dtype(self.recognizer)[0] or x0_pred.device
         size = (int(x0_pred.shape[-2]), int(x0_pred.shape[-1]))
@@ -472,7 +509,8 @@ class IdentityGuidance:
             with torch.inference_mode(False), torch.enable_grad():
                 target = target.clone()  # inference tensors cannot be saved for backward
                 leaf = x0.clone().requires_grad_(True)
-                img = (leaf + 1.0) * 0.5
+                # latent priors: the recognizer reads the decoded prediction, the gradient reaches the latent
+                img = self.latent_prior.decode(leaf, grad=True).to(dev) if latent else (leaf + 1.0) * 0.5
                 if img.shape[1] == 1:
                     img = img.expand(-1, 3, -1, -1)
                 emb = _embed(self.recognizer, img, grad=True)
@@ -500,7 +538,7 @@ class IdentityGuidance:
 
         if self.fidelity > 0:
             anchor = self._anchor_for(faces, size, dev)
-            if anchor.shape[1] != x0.shape[1]:
+            if not latent and anchor.shape[1] != x0.shape[1]:
                 if x0.shape[1] == 1:  # gray prior: the anchor's BT.601 luma, as the sampler does
                     anchor = luma(anchor)
                 else:
@@ -518,6 +556,7 @@ class IdentityGuidance:
 __all__ = [
     "FaceRecognizer",
     "IdentityGuidance",
+    "LatentCodec",
     "check_guidance_settings",
     "MASK_MODES",
     "STRENGTH_UNIT",
