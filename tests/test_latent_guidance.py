@@ -105,3 +105,24 @@ def test_latents_without_latent_prior_are_refused(latent_prior, faces64, degrade
         _restore(degraded, latent_prior, IdentityGuidance(rec, reference=faces64[1], mask="none"))
     with pytest.raises(TypeError, match="latent_prior"):
         IdentityGuidance(rec, reference=faces64[1], latent_prior=object())
+
+
+def test_large_strengths_keep_moving_identity_with_substeps(faces64, degraded, rec):
+    """Pixel prior (exact), mask "features": one normalised step per denoising step overshoots beyond strength ~16
+    (the distance rises again); with sub-steps (the default) every step up in strength lowers it
+    (bfr_core.identity.guidance, "Large strengths: sub-steps")."""
+    from analytic_prior import AnalyticPrior
+
+    prior, ref, strengths = AnalyticPrior(faces64), faces64[1], (0.0, 16.0, 64.0)
+
+    def sweep(substep):
+        return torch.stack([cosine_distance(rec, _restore(degraded[:2], prior, IdentityGuidance(
+            rec, strength=s, reference=ref, mask="features", substep=substep)), ref) for s in strengths])
+
+    new, old = sweep(2.0), sweep(None)
+    assert (new[1:] < new[:-1]).all(), new
+    assert (new[-1] < 0.5 * new[0]).all(), new
+    assert (old[-1] > old[-2]).any(), old  # what sub-steps fixed
+    assert torch.equal(new[0], old[0])  # strength 0: no guidance either way
+    g = IdentityGuidance(rec, strength=64.0, reference=ref)
+    assert g.substeps == 8 and IdentityGuidance(rec, strength=1.0, reference=ref).substeps == 1
