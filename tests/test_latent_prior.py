@@ -10,8 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from analytic_prior import (AnalyticDenoiser, AnalyticPrior, ToyVAE, degrade, linear_alphas_cumprod, nearest_index,
                             psnr)
