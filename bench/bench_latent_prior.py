@@ -150,7 +150,7 @@ def memory_child(size: int, faces: int, vae_batch: int) -> None:
     from bfr_core.diffusion.schedules import linear_alphas_cumprod
 
     lat = LatentPrior(None, build_vae(), linear_alphas_cumprod(), size // 8, 4, 0.18215,
-                      vae_batch_size=vae_batch or None)
+                      vae_batch_size=vae_batch if vae_batch > 0 else None)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if vae_batch >= 0:
         x = torch.rand(faces, 3, size, size)

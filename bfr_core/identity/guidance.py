@@ -134,7 +134,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..faces.geometry import ffhq_template
-from ..utils import device_dtype_of, luma, resize_antialiased, smoothstep
+from ..utils import device_dtype_of, luma, resize_antialiased
+from .regions import soft_ellipse
 
 STRENGTH_UNIT = 0.1  # model-space RMS of one step's correction at strength 1 and σ_t = 1 (module docstring)
 SUBSTEP_STRENGTH = 2.0  # the most strength one gradient evaluation may spend ("Large strengths: sub-steps")
@@ -259,11 +260,9 @@ def feature_mask(size: int, device: torch.device | str = "cpu", feather: float =
     ]
     c = torch.arange(s, dtype=torch.float64)
     y, x = torch.meshgrid(c, c, indexing="ij")
-    f = max(float(feather), 1e-6)
     m = torch.zeros(s, s, dtype=torch.float64)
     for cx, cy, rx, ry in regions:
-        r = torch.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
-        m = torch.maximum(m, smoothstep((1.0 - r) / f))
+        m = torch.maximum(m, soft_ellipse(x, y, cx, cy, rx, ry, feather))
     return m.to(device=device, dtype=torch.float32)
 
 
