@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/bench_identity_strength.py                      # random iresnet50 (slow on CPU)
     PYTHONPATH=. python bench/bench_identity_strength.py --recognizer tiny    # quick: the tests' tiny recognizer
-    options: --strengths 0 1 4 16 64  --steps 10  --faces 0 2 3  --mask features|none  --old
+    options: --strengths 0 1 4 16 64  --steps 10  --faces 0 2 3  --mask features|none|regions  --old
 
 Setting (issue 14): an exact prior over real faces (tests/analytic_prior.py: the 4 aligned test faces + mirrors at
 64 px), in pixel space (`AnalyticPrior`) and in latent space (the same denoiser over the latents of an exactly
@@ -15,7 +15,8 @@ person). Per prior and strength, means over the faces:
     PSNR→true    PSNR of the output against the true face (the unguided exact prior reproduces it: 120 = capped)
     s/step       wall time per denoising step (the recognizer dominates)
 
---old adds the rows of the single-step guidance (substep=None) for comparison.
+--old adds the rows of the single-step guidance (substep=None) for comparison. --mask regions: region-weighted
+guidance (`region_mask`: eyes 1, brows 0.5, nose+mouth 1, skin 0.25); compare its s/step with --mask features.
 """
 from __future__ import annotations
 
@@ -74,6 +75,11 @@ def main() -> None:
         sys.exit(f"needs the 4 aligned test faces in ../shared/data/images/aligned512 (found {len(paths)})")
     faces = load_face_set(paths, 64)
     rec, desc = recognizer(args.recognizer)
+    mask = args.mask
+    if mask == "regions":
+        from bfr_core.identity.regions import region_mask
+
+        mask = region_mask(faces.shape[-1], eyes=1.0, brows=0.5, nose_mouth=1.0, skin=0.25)
     ref = faces[1]
     truth = faces[args.faces]
     y = torch.stack([degrade(faces[i], seed=i) for i in args.faces])
@@ -84,7 +90,7 @@ def main() -> None:
         prior = priors(faces)[name]
         for mode, substep in variants:
             for s in args.strengths:
-                g = IdentityGuidance(rec, strength=s, reference=ref, mask=args.mask, substep=substep,
+                g = IdentityGuidance(rec, strength=s, reference=ref, mask=mask, substep=substep,
                                      latent_prior=prior if name == "latent" else None)
                 t0 = time.perf_counter()
                 out = restore_faces(y, prior, steps=args.steps, seed=0, guidance=g, batch_size=len(args.faces))

@@ -12,7 +12,8 @@ Accepted:
   e.g. one saved with ``save_pretrained``; its weights are not read). ``config=`` is required: without it
   diffusers would look the configs up on the Hub, which this library never does; the CheckpointError says so.
 
-The schedule comes from the scheduler config (``scaled_linear`` 0.00085…0.012 for SD/SDXL), the prediction type
+``dtype`` applies to every part except a VAE whose config says ``force_upcast`` (the SD/SDXL VAEs overflow in
+fp16), which stays float32 when fp16 is asked for. The schedule comes from the scheduler config (``scaled_linear`` 0.00085…0.012 for SD/SDXL), the prediction type
 (``epsilon`` or ``v_prediction``) from it too.
 """
 from __future__ import annotations
@@ -101,7 +102,9 @@ def _from_folder(folder: Path, device, dtype, **kw) -> LatentDiffusionPrior:
 
 def _assemble(unet, vae, encoders, tokenizers, acp, prediction_type, device, dtype, source, **kw):
     for m in (unet, vae, *encoders):
-        torch.nn.Module.to(m, device=device, dtype=dtype)  # diffusers' own .to() warns about dtype casts
+        # SD/SDXL VAEs that overflow in fp16 say so (force_upcast): those stay float32
+        keep32 = m is vae and dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        torch.nn.Module.to(m, device=device, dtype=torch.float32 if keep32 else dtype)  # (diffusers' .to() warns)
         m.eval().requires_grad_(False)
     return LatentDiffusionPrior(unet, vae, acp, prediction_type=prediction_type, text_encoders=encoders,
                                 tokenizers=tokenizers, source=source, **kw)
