@@ -26,6 +26,8 @@ _EXPORTS = {
     "DiffusionPrior": ".diffusion.priors",
     "DenoiserPrior": ".diffusion.priors",
     "LatentPrior": ".diffusion.priors",
+    "LatentDiffusionPrior": ".diffusion.latent",
+    "PromptEmbeddings": ".diffusion.latent",
     "Prior": ".diffusion.priors",
     "Guidance": ".diffusion.sampling",
     "SAMPLERS": ".diffusion.timesteps",

@@ -97,6 +97,46 @@ class AnalyticPrior:
         self.learned_variance = learned_variance
 
 
+# ----------------------------------------------------------------------------------------- latent space
+class _Dist:
+    def __init__(self, mean: Tensor):
+        self.mean = mean
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+
+class ToyVAE(torch.nn.Module):
+    """Exactly invertible 'VAE' with AutoencoderKL's interface (``encode(x).latent_dist.mean``, ``decode(z).sample``,
+    ``config``): [B, 3, S, S] in [−1, 1] → PixelUnshuffle(2) → a fixed orthogonal 1×1 conv → [B, 12, S/2, S/2];
+    decode = the exact inverse (or the identity with ``identity``). With `AnalyticDenoiser` over the encoded faces
+    it makes an exact prior in latent space. Differentiable (latent identity guidance backpropagates through it)."""
+
+    def __init__(self, identity: bool = False, seed: int = 0):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.identity = identity
+        q, _ = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+        self.register_buffer("q", q.float())
+        self.config = SimpleNamespace(block_out_channels=(8,) if identity else (8, 16), scaling_factor=1.0)
+
+    def encode(self, x: Tensor):
+        from types import SimpleNamespace
+
+        if self.identity:
+            return SimpleNamespace(latent_dist=_Dist(x))
+        z = torch.einsum("oc,bchw->bohw", self.q, F.pixel_unshuffle(x, 2))
+        return SimpleNamespace(latent_dist=_Dist(z))
+
+    def decode(self, z: Tensor):
+        from types import SimpleNamespace
+
+        if self.identity:
+            return SimpleNamespace(sample=z)
+        return SimpleNamespace(sample=F.pixel_shuffle(torch.einsum("oc,bohw->bchw", self.q, z), 2))
+
+
 # ----------------------------------------------------------------------------------------- data helpers
 def read_rgb01(path: str | Path, size: int | None = None) -> Tensor:
     """[3,H,W] float32 RGB in [0,1] from an image file, optionally INTER_AREA-resized to size×size."""
@@ -167,6 +207,7 @@ def downsize(x01: Tensor, size: int) -> Tensor:
 __all__ = [
     "AnalyticDenoiser",
     "AnalyticPrior",
+    "ToyVAE",
     "contrast_variants",
     "degrade",
     "downsize",

@@ -10,45 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from analytic_prior import AnalyticDenoiser, AnalyticPrior, degrade, linear_alphas_cumprod, nearest_index, psnr
+from analytic_prior import (AnalyticDenoiser, AnalyticPrior, ToyVAE, degrade, linear_alphas_cumprod, nearest_index,
+                            psnr)
 from bfr_core.archs.iddpm_unet import TINY_CONFIG, IDDPMUNet
 from bfr_core.diffusion.priors import DiffusionPrior, LatentPrior, PixelPrior, Prior, as_prior
 from bfr_core.restoration.difface import restore_faces
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class _Dist:
-    def __init__(self, mean):
-        self.mean = mean
-
-    def mode(self):
-        return self.mean
-
-
-class ToyVAE(nn.Module):
-    """Exactly invertible 'VAE': [B, 3, S, S] in [−1, 1] → [B, 12, S/2, S/2] (or the identity with ``identity``)."""
-
-    def __init__(self, identity: bool = False, seed: int = 0):
-        super().__init__()
-        self.identity = identity
-        q, _ = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
-        self.register_buffer("q", q.float())
-        self.config = SimpleNamespace(block_out_channels=(8,) if identity else (8, 16), scaling_factor=1.0)
-
-    def encode(self, x):
-        if self.identity:
-            return SimpleNamespace(latent_dist=_Dist(x))
-        z = torch.einsum("oc,bchw->bohw", self.q, F.pixel_unshuffle(x, 2))
-        return SimpleNamespace(latent_dist=_Dist(z))
-
-    def decode(self, z):
-        if self.identity:
-            return SimpleNamespace(sample=z)
-        return SimpleNamespace(sample=F.pixel_shuffle(torch.einsum("oc,bohw->bchw", self.q, z), 2))
 
 
 @pytest.fixture(scope="module")

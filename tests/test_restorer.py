@@ -192,7 +192,7 @@ def test_progress_without_a_backbone_counts_sampling_only(prior, degraded):
     assert calls == [(i, 6) for i in range(1, 7)]
 
 
-def test_identity_guidance_needs_a_pixel_prior(prior):
+def test_identity_guidance_accepts_a_latent_prior(prior):
     from bfr_core.diffusion.priors import LatentPrior
 
     class _VAE(torch.nn.Module):
@@ -202,8 +202,7 @@ def test_identity_guidance_needs_a_pixel_prior(prior):
 
     vae = _VAE()
     latent = LatentPrior(lambda z, t: torch.zeros_like(z), vae, prior.alphas_cumprod, 8, 4)
-    with pytest.raises(ValueError, match="pixel priors only"):
-        FaceRestorer(latent, identity=IdentitySettings(_Rec()))
+    FaceRestorer(latent, identity=IdentitySettings(_Rec()))  # latent-space guidance (tests/test_latent_guidance.py)
     assert any(m is vae for m in FaceRestorer(latent).modules())  # the VAE moves to the device with the rest
 
 

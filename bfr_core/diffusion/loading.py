@@ -26,6 +26,8 @@ from ..archs.registry import load_architecture
 from ..models.checkpoint import CheckpointError
 from ..models.files import check_licence
 from ..utils.precision import parse_dtype
+from .latent import LatentDiffusionPrior
+from .latent_loading import is_latent_checkpoint, is_latent_folder, load_latent_prior
 from .priors import DiffusersUNetAdapter, DiffusionPrior
 from .schedules import alphas_cumprod_from_scheduler_config, linear_alphas_cumprod
 
@@ -77,9 +79,9 @@ def _load_diffusers(folder: Path, device, dtype, sample_size: int | None) -> Dif
     cls = cfg.get("_class_name")
     if cls != "UNet2DModel":
         raise CheckpointError(
-            f"{cfg_path} describes a {cls or 'unknown model'}; only an unconditional pixel-space "
-            f"UNet2DModel can serve as the face prior here (latent SD/SDXL models belong in ComfyUI's "
-            f"own sampler path). {PRIOR_HINT}"
+            f"{cfg_path} describes a {cls or 'unknown model'}; a pixel prior must be an unconditional "
+            f"UNet2DModel, and an SD/SDXL model must be given as its whole pipeline folder (model_index.json, "
+            f"unet/, vae/, scheduler/, text encoders). {PRIOR_HINT}"
         )
     weights = None
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
@@ -131,10 +133,11 @@ def load_prior(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | str = torch.float32,
     *,
-    config: IDDPMUNetConfig | None = None,
+    config: IDDPMUNetConfig | str | os.PathLike | None = None,
     sample_size: int | None = None,
     channels_last: bool = False,
-) -> DiffusionPrior:
+    **latent_options,
+) -> DiffusionPrior | LatentDiffusionPrior:
     """Load a diffusion prior from a DifFace-layout .pth/.safetensors file or a diffusers folder.
 
     `config` overrides the structure inferred from a DifFace-layout file; `sample_size` overrides
@@ -142,10 +145,28 @@ def load_prior(
     CPU convolutions; outputs stay NCHW). `dtype` may be a name ("fp32", "bf16", "fp16", or "auto":
     the device's fastest correct precision, `bfr_core.utils.precision.preferred_dtype`). Raises
     `CheckpointError` (naming the file) for a missing, truncated or foreign file.
+
+    SD 1.x/2.x/SDXL text-to-image models (a diffusers pipeline folder, or a single-file checkpoint with
+    `config` = a local diffusers folder of the same family) load as a `LatentDiffusionPrior`
+    (`latent_loading`); `latent_options` (prompt, negative_prompt, embeddings, guidance_scale, color_fix,
+    vae_batch_size, vae_tiling, …) go to it, `sample_size` is its restore size (default 512).
     """
     check_licence(path)  # $BFR_COMMERCIAL_ONLY
     if isinstance(dtype, str):
         dtype = parse_dtype(dtype, device)
+    p = Path(path)
+    if p.name == "model_index.json" and p.is_file():
+        p = p.parent
+    if (p.is_dir() and is_latent_folder(p)) or (p.is_file() and is_latent_checkpoint(p)):
+        if sample_size is not None:
+            latent_options["sample_size"] = sample_size
+        prior = load_latent_prior(p, device, dtype, config=None if isinstance(config, IDDPMUNetConfig) else config,
+                                  **latent_options)
+        if channels_last:
+            nn.Module.to(prior.unet, memory_format=torch.channels_last)
+        return prior
+    if latent_options:
+        raise ValueError(f"{sorted(latent_options)} apply to SD/SDXL (latent) priors only; {p} is a pixel prior")
     prior = _load_prior(path, device, dtype, config, sample_size)
     if channels_last:
         nn.Module.to(prior.model, memory_format=torch.channels_last)

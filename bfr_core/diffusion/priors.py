@@ -200,13 +200,13 @@ class LatentPrior:
     ``latent_size``/``latent_channels``: the latent grid the denoiser works on; ``sample_size`` (the image side)
     defaults to ``latent_size`` × the VAE's downscale factor (2^(len(vae.config.block_out_channels) − 1), 8 when the
     VAE has no such config). ``clip_sample``: x0 clipping range of the built-in samplers in latent space (None: no
-    clipping, the right choice for real VAEs).
+    clipping, the right choice for real VAEs). ``vae_batch_size``: images per VAE call (None: the whole chunk).
     """
 
     def __init__(self, denoiser: Callable[..., Any], vae: Any, alphas_cumprod: Tensor, latent_size: int,
                  latent_channels: int, scaling_factor: float = 1.0, prediction_type: str = "epsilon", *,
                  shift_factor: float = 0.0, sample_size: int | None = None, image_channels: int = 3,
-                 clip_sample: float | None = None):
+                 clip_sample: float | None = None, vae_batch_size: int | None = None):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
         self.model = denoiser  # `model`: where the sampler looks for the denoiser's device/dtype
@@ -222,10 +222,18 @@ class LatentPrior:
             factor = 2 ** (len(blocks) - 1) if blocks else 8
             sample_size = self.latent_size * factor
         self.sample_size = int(sample_size)
+        if vae_batch_size is not None and int(vae_batch_size) < 1:
+            raise ValueError(f"vae_batch_size must be >= 1 or None, got {vae_batch_size}")
+        self.vae_batch_size = None if vae_batch_size is None else int(vae_batch_size)
 
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
+
+    def _chunks(self, x: Tensor) -> list[Tensor]:
+        """``x`` split along the batch into pieces of ``vae_batch_size`` (the VAE's activations dominate memory)."""
+        n = self.vae_batch_size or max(1, x.shape[0])
+        return list(x.split(n)) if x.shape[0] else [x]
 
     def _vae_device_dtype(self, like: Tensor) -> tuple[torch.device, torch.dtype]:
         dev, dt = device_dtype_of(self.vae)
@@ -233,10 +241,12 @@ class LatentPrior:
 
     def encode(self, images: Tensor) -> Tensor:
         dev, dt = self._vae_device_dtype(images)
+        parts = []
         with torch.no_grad():
-            dist = self.vae.encode(_pixel_encode(images).to(device=dev, dtype=dt)).latent_dist
-        z = dist.mean if hasattr(dist, "mean") else dist.mode()
-        z = z.to(device=images.device, dtype=torch.float32)
+            for chunk in self._chunks(images):
+                dist = self.vae.encode(_pixel_encode(chunk).to(device=dev, dtype=dt)).latent_dist
+                parts.append((dist.mean if hasattr(dist, "mean") else dist.mode()).to(images.device, torch.float32))
+        z = torch.cat(parts)
         if self.shift_factor:
             z = z - self.shift_factor
         return z * self.scaling_factor
@@ -248,11 +258,14 @@ class LatentPrior:
             return _unwrap(self.model(latents_t, t, **cond))
         return _unwrap(self.model(latents_t, t, cond))
 
-    def decode(self, latents: Tensor) -> Tensor:
+    def decode(self, latents: Tensor, *, grad: bool = False) -> Tensor:
+        """Latents → images in [0, 1] (float32, not clamped). ``grad=True`` keeps the graph (latent identity
+        guidance differentiates the recognizer's loss through the decoder)."""
         dev, dt = self._vae_device_dtype(latents)
         z = latents / self.scaling_factor
         if self.shift_factor:
             z = z + self.shift_factor
-        with torch.no_grad():
-            x = _unwrap(self.vae.decode(z.to(device=dev, dtype=dt)))
-        return _pixel_decode(x.to(device=latents.device, dtype=torch.float32))
+        with torch.set_grad_enabled(grad):
+            parts = [_unwrap(self.vae.decode(c.to(device=dev, dtype=dt))).to(latents.device, torch.float32)
+                     for c in self._chunks(z)]
+        return _pixel_decode(torch.cat(parts))

@@ -13,6 +13,8 @@ _EXPORTS = {
     "IdentityGuidance": ".guidance",
     "cosine_distance": ".guidance",
     "feature_mask": ".guidance",
+    "REGIONS": ".regions",
+    "region_mask": ".regions",
     "ARCFACE_TEMPLATE_112": ".recognizers",
     "DEFAULT_RECOGNIZER": ".recognizers",
     "DEFAULT_RECOGNIZER_FOLDER": ".recognizers",

@@ -45,6 +45,30 @@ small (in bench/bench_guidance.py, cap=1 stops all gain beyond strength ~2), and
 treats such high-frequency changes as noise and removes them at the next step. Guidance that changes features
 needs larger steps (as in PGDiff and classifier guidance); the σ_t factor already keeps the last steps small.
 
+Large strengths: sub-steps (why strength used to stop working)
+-------------------------------------------------------------
+Measured with the exact prior (tests/analytic_prior.py) and a random-weight iresnet50 (bench/bench_identity_strength.py):
+one normalised step per denoising step made strength stop moving identity long before image quality limited it.
+Three things compound:
+
+1. The prior undoes earlier corrections: an exact prior's x0 prediction snaps back onto its faces at the next
+   step (the per-step distance in ``trace`` stays at the unguided face's value for every step but the last), and
+   a trained prior does so in part. What reaches the output is mostly the last guided step's correction.
+2. σ_t scaling makes that last correction the smallest (σ ≈ 0.05 at t = 20): the output is the face plus one
+   gradient step of length ∝ strength.
+3. One long step along the gradient taken at a single point overshoots: the recognizer's distance is far from linear
+   over the step lengths large strengths ask for. Along one step, the distance falls to a minimum and then rises
+   again while PSNR keeps falling (random iresnet50 at 64 px: 0.188 → 0.058 at a step of 0.02 RMS in [0, 1], back to
+   0.184 at 0.2), whereas 8 shorter steps that re-take the gradient reach 0.005 at 0.05 RMS (29 dB vs 26 dB).
+   Clipping x0 to [−1, 1] is not the limit (it only removes what would leave the image range).
+
+So each guided step now spends its strength in ``k = ceil(strength / substep)`` sub-steps (at most ``max_substeps``)
+of strength/k each, re-taking the recognizer's gradient where the previous sub-step ended (pixel priors: clipped to
+the data range first). Up to ``substep`` (default 2, i.e. the default strength 1 and anything ≤ 2) nothing changes:
+one evaluation, the same correction as before. Beyond it strength keeps lowering the distance until image quality
+limits it, at k recognizer forward + backward passes per guided step (cost ∝ min(strength/2, 8)). ``substep=None``
+restores the single step; ``cap`` (below) is the other remedy and turns sub-steps off.
+
 Step range
 ----------
 ``start`` ≥ ``end`` are in the sampler's ``strength`` units, i.e. fractions of T (the number of training
@@ -80,6 +104,18 @@ ComfyUI MASK layout) is resized to the sampler's resolution (bilinear, antialias
 of masks is indexed per face like the targets. The correction is the gradient multiplied by the mask, so it is
 exactly 0 wherever the (resized) mask is 0 (resizing rounds values below 1e-6 to 0 so zeros stay zeros).
 
+Latent priors
+-------------
+With ``latent_prior=prior`` (an SD/SDXL `LatentDiffusionPrior` or any `LatentPrior`) the hook's x0 is the predicted
+clean *latent* z0 (CLR-Face's setting): the recognizer reads ``prior.decode(z0, grad=True)`` (the VAE decoder in
+the graph), L is the same cosine distance, and g = ∂L/∂z0 — one decoder forward + backward and one recognizer
+forward + backward per step, still no backprop through the UNet. The mask is applied on the latent grid: "features"
+is drawn on the template at the latent size, a crop-space mask is resized (antialiased) to the latent grid, so the
+correction is exactly 0 at latent positions the mask excludes. RMS normalisation and σ_t scaling are as above, in
+latent units (SD latents × scaling_factor have unit-order RMS like pixel model space). The fidelity anchor is the
+estimate's latents (``prior.encode``). Cost: the VAE decoder's backward dominates at 512 px (see
+bench/bench_latent_prior.py).
+
 Devices and dtypes
 ------------------
 The recognizer may live on another device or dtype than the prior: x0 is moved to the recognizer's device
@@ -98,9 +134,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..faces.geometry import ffhq_template
-from ..utils import device_dtype_of, luma, resize_antialiased, smoothstep
+from ..utils import device_dtype_of, luma, resize_antialiased
+from .regions import soft_ellipse
 
 STRENGTH_UNIT = 0.1  # model-space RMS of one step's correction at strength 1 and σ_t = 1 (module docstring)
+SUBSTEP_STRENGTH = 2.0  # the most strength one gradient evaluation may spend ("Large strengths: sub-steps")
+MAX_SUBSTEPS = 8  # recognizer evaluations per guided step at most (cost grows with them)
 MASK_MODES = ("features", "none")
 
 _FEATHER = 0.35  # soft edge: full weight inside 65 % of each ellipse's radius, 0 from its rim on
@@ -116,6 +155,16 @@ class FaceRecognizer(Protocol):
     """
 
     def embed(self, faces: Tensor) -> Tensor: ...
+
+
+class LatentCodec(Protocol):
+    """What latent-space guidance needs from a latent prior (`bfr_core.diffusion.priors.LatentPrior` has it)."""
+
+    sample_size: int
+
+    def encode(self, images: Tensor) -> Tensor: ...
+
+    def decode(self, latents: Tensor, *, grad: bool = False) -> Tensor: ...
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -211,11 +260,9 @@ def feature_mask(size: int, device: torch.device | str = "cpu", feather: float =
     ]
     c = torch.arange(s, dtype=torch.float64)
     y, x = torch.meshgrid(c, c, indexing="ij")
-    f = max(float(feather), 1e-6)
     m = torch.zeros(s, s, dtype=torch.float64)
     for cx, cy, rx, ry in regions:
-        r = torch.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
-        m = torch.maximum(m, smoothstep((1.0 - r) / f))
+        m = torch.maximum(m, soft_ellipse(x, y, cx, cy, rx, ry, feather))
     return m.to(device=device, dtype=torch.float32)
 
 
@@ -250,6 +297,10 @@ class IdentityGuidance:
         cap: None (default) or a multiple of the Polyak step: each step's identity correction is at most ``cap``
             times the step at which the linearised distance would reach 0 (module docstring, "Overshoot").
         record: keep a per-call log in ``self.trace`` (t, faces, distance before the step, correction RMS).
+        latent_prior: the `LatentPrior` whose latents the sampler runs on (module docstring, "Latent priors");
+            None = a pixel prior.
+        substep, max_substeps: a guided step of strength s takes min(max_substeps, ceil(s / substep)) gradient
+            evaluations (module docstring, "Large strengths: sub-steps"); substep=None: always one.
     """
 
     def __init__(
@@ -265,6 +316,9 @@ class IdentityGuidance:
         alphas_cumprod: Tensor | None = None,
         cap: float | None = None,
         record: bool = False,
+        latent_prior: LatentCodec | None = None,
+        substep: float | None = SUBSTEP_STRENGTH,
+        max_substeps: int = MAX_SUBSTEPS,
     ):
         if not callable(getattr(recognizer, "embed", None)):
             raise TypeError("recognizer must have an embed(faces) method (see FaceRecognizer)")
@@ -273,6 +327,12 @@ class IdentityGuidance:
         self.fidelity = float(fidelity)
         self.start, self.end = float(start), float(end)
         self.cap = None if cap is None else float(cap)
+        self.substep = None if substep is None else float(substep)
+        if self.substep is not None and not (math.isfinite(self.substep) and self.substep > 0):
+            raise ValueError(f"substep must be a finite number > 0 or None, got {substep!r}")
+        self.max_substeps = int(max_substeps)
+        if self.max_substeps < 1:
+            raise ValueError(f"max_substeps must be >= 1, got {max_substeps!r}")
         if self.cap is not None and not (math.isfinite(self.cap) and self.cap > 0):
             raise ValueError(f"cap must be a finite number > 0 or None, got {cap!r}")
         check_guidance_settings(self.strength, self.fidelity, self.start, self.end)
@@ -320,6 +380,10 @@ class IdentityGuidance:
         self._anchor: Tensor | None = None  # [B, 3, H, W] CPU float32 in [0, 1]
         self.record = bool(record)
         self.trace: list[dict] = []
+        if latent_prior is not None and not (callable(getattr(latent_prior, "encode", None))
+                                             and callable(getattr(latent_prior, "decode", None))):
+            raise TypeError("latent_prior must have encode(images) and decode(latents, grad=True) (a LatentPrior)")
+        self.latent_prior = latent_prior
 
     # ----------------------------------------------------------------------------------- preparation
     @classmethod
@@ -442,10 +506,58 @@ class IdentityGuidance:
         key = ("anchor", size)
         if key not in self._mask_cache:  # kept on the CPU like the anchors; the chunk's rows go to the device
             a = self._anchor
+            if self.latent_prior is not None:  # the anchor's latents (encoded at the prior's own resolution)
+                s = int(self.latent_prior.sample_size)
+                a = a if tuple(a.shape[-2:]) == (s, s) else resize_antialiased(a, (s, s)).clamp(0, 1)
+                with torch.no_grad():
+                    self._mask_cache[key] = self.latent_prior.encode(a).float().cpu()
+                return self._mask_cache[key][faces.cpu()].to(device)
             if tuple(a.shape[-2:]) != size:
                 a = resize_antialiased(a, size).clamp(0, 1)
             self._mask_cache[key] = a * 2 - 1
         return self._mask_cache[key][faces.cpu()].to(device)
+
+    @property
+    def substeps(self) -> int:
+        """Recognizer evaluations per guided step: ceil(strength / substep), at most max_substeps (1 with cap)."""
+        if self.substep is None or self.cap is not None or self.strength <= 0:
+            return 1
+        return max(1, min(self.max_substeps, math.ceil(self.strength / self.substep - 1e-9)))
+
+    def _distance_gradient(self, x0: Tensor, target: Tensor, latent: bool, dev: torch.device) -> tuple[Tensor, Tensor]:
+        """(1 − cos per face, ∂ Σ (1 − cos) / ∂ x0) at x0 (model space or latents)."""
+        # ComfyUI runs nodes under torch.inference_mode(), which enable_grad() does not undo
+        with torch.inference_mode(False), torch.enable_grad():
+            target = target.clone()  # inference tensors cannot be saved for backward
+            leaf = x0.clone().requires_grad_(True)
+            # latent priors: the recognizer reads the decoded prediction, the gradient reaches the latent
+            img = self.latent_prior.decode(leaf, grad=True).to(dev) if latent else (leaf + 1.0) * 0.5
+            if img.shape[1] == 1:
+                img = img.expand(-1, 3, -1, -1)
+            emb = _embed(self.recognizer, img, grad=True)
+            if emb.shape[1] != target.shape[1]:
+                raise ValueError(f"recognizer embeddings have size {emb.shape[1]}, the target {target.shape[1]}")
+            if not emb.requires_grad:
+                raise RuntimeError("recognizer.embed returned a tensor without a graph: identity guidance needs "
+                                   "an embed() that is differentiable w.r.t. its input (no torch.no_grad inside)")
+            per_face = 1.0 - (emb.to(dev) * target).sum(1)
+            (g,) = torch.autograd.grad(per_face.sum(), leaf)
+        return per_face.detach(), torch.nan_to_num(g.float(), nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _step(self, g: Tensor, dist: Tensor, m: Tensor | None, sigma: float, strength: float) -> Tensor:
+        """strength · STRENGTH_UNIT · σ_t · (m ⊙ g) / rms_m(g), Polyak-capped when ``cap`` is set (module docstring)."""
+        if m is None:
+            gm, dot = g, g.pow(2).flatten(1).sum(1)
+            area = torch.full((g.shape[0],), float(g[0].numel()), device=g.device)
+        else:
+            gm, dot = g * m, (m * g.pow(2)).flatten(1).sum(1)  # dot = ⟨∇L, m ⊙ ∇L⟩ = Σ m·g²
+            area = m.flatten(1).sum(1) * g.shape[1]
+        rms = torch.sqrt(dot / area.clamp_min(1e-12))  # RMS of ∇L inside the (soft) mask
+        scale = (strength * STRENGTH_UNIT * sigma) / rms.clamp_min(1e-30)
+        if self.cap is not None:  # along −m ⊙ ∇L the linearised loss reaches 0 at scale = L / dot (Polyak)
+            scale = torch.minimum(scale, self.cap * dist.clamp_min(0) / dot.clamp_min(1e-30))
+        scale = torch.where(dot > 0, scale, torch.zeros_like(scale))
+        return scale.view(-1, 1, 1, 1) * gm
 
     def __call__(self, x_t: Tensor, t: int, x0_pred: Tensor, *, faces: Tensor) -> Tensor:
         """The sampler hook: correction c [n, C, S, S] float32 on x0_pred's device (module docstring)."""
@@ -455,8 +567,10 @@ class IdentityGuidance:
             raise ValueError(f"x0_pred {tuple(x0_pred.shape)} does not match {len(faces)} face indices")
         if (self.strength == 0 and self.fidelity == 0) or not self.is_active(t) or x0_pred.shape[0] == 0:
             return zeros
-        if x0_pred.shape[1] not in (1, 3):
-            raise ValueError(f"identity guidance needs 1- or 3-channel images, got {x0_pred.shape[1]} channels")
+        latent = self.latent_prior is not None
+        if not latent and x0_pred.shape[1] not in (1, 3):
+            raise ValueError(f"identity guidance needs 1- or 3-channel images, got {x0_pred.shape[1]} channels "
+                             "(latents? build it with latent_prior=the prior)")
 
         dev = recognizer_device_dtype(self.recognizer)[0] or x0_pred.device
         size = (int(x0_pred.shape[-2]), int(x0_pred.shape[-1]))
@@ -468,39 +582,18 @@ class IdentityGuidance:
 
         if self.strength > 0:
             target = self._targets_for(faces, dev)
-            # ComfyUI runs nodes under torch.inference_mode(), which enable_grad() does not undo
-            with torch.inference_mode(False), torch.enable_grad():
-                target = target.clone()  # inference tensors cannot be saved for backward
-                leaf = x0.clone().requires_grad_(True)
-                img = (leaf + 1.0) * 0.5
-                if img.shape[1] == 1:
-                    img = img.expand(-1, 3, -1, -1)
-                emb = _embed(self.recognizer, img, grad=True)
-                if emb.shape[1] != target.shape[1]:
-                    raise ValueError(f"recognizer embeddings have size {emb.shape[1]}, the target {target.shape[1]}")
-                if not emb.requires_grad:
-                    raise RuntimeError("recognizer.embed returned a tensor without a graph: identity guidance needs "
-                                       "an embed() that is differentiable w.r.t. its input (no torch.no_grad inside)")
-                per_face = 1.0 - (emb.to(dev) * target).sum(1)
-                (g,) = torch.autograd.grad(per_face.sum(), leaf)
-            dist = per_face.detach()
-            g = torch.nan_to_num(g.float(), nan=0.0, posinf=0.0, neginf=0.0)
-            if m is None:
-                gm, dot = g, g.pow(2).flatten(1).sum(1)
-                area = torch.full((g.shape[0],), float(g[0].numel()), device=dev)
-            else:
-                gm, dot = g * m, (m * g.pow(2)).flatten(1).sum(1)  # dot = ⟨∇L, m ⊙ ∇L⟩ = Σ m·g²
-                area = m.flatten(1).sum(1) * g.shape[1]
-            rms = torch.sqrt(dot / area.clamp_min(1e-12))  # RMS of ∇L inside the (soft) mask
-            scale = (self.strength * STRENGTH_UNIT * sigma) / rms.clamp_min(1e-30)
-            if self.cap is not None:  # along −m ⊙ ∇L the linearised loss reaches 0 at scale = L / dot (Polyak)
-                scale = torch.minimum(scale, self.cap * dist.clamp_min(0) / dot.clamp_min(1e-30))
-            scale = torch.where(dot > 0, scale, torch.zeros_like(scale))
-            corr = corr - scale.view(-1, 1, 1, 1) * gm
+            k = self.substeps
+            for i in range(k):  # k sub-steps of strength/k, each with the gradient where the last one ended
+                point = x0 + corr
+                if not latent:  # the sampler clips x0 to the data range: the recognizer sees what will be kept
+                    point = point.clamp(-1.0, 1.0)
+                d, g = self._distance_gradient(point, target, latent, dev)
+                dist = d if dist is None else dist
+                corr = corr - self._step(g, d, m, sigma, self.strength / k)
 
         if self.fidelity > 0:
             anchor = self._anchor_for(faces, size, dev)
-            if anchor.shape[1] != x0.shape[1]:
+            if not latent and anchor.shape[1] != x0.shape[1]:
                 if x0.shape[1] == 1:  # gray prior: the anchor's BT.601 luma, as the sampler does
                     anchor = luma(anchor)
                 else:
@@ -511,13 +604,15 @@ class IdentityGuidance:
         if self.record:
             self.trace.append({"t": int(t), "faces": faces.tolist(),
                                "distance": None if dist is None else dist.float().cpu(),
-                               "correction_rms": corr.pow(2).flatten(1).mean(1).sqrt().cpu()})
+                               "correction_rms": corr.pow(2).flatten(1).mean(1).sqrt().cpu(),
+                               "evaluations": self.substeps if self.strength > 0 else 0})
         return corr.to(device=x0_pred.device, dtype=torch.float32)
 
 
 __all__ = [
     "FaceRecognizer",
     "IdentityGuidance",
+    "LatentCodec",
     "check_guidance_settings",
     "MASK_MODES",
     "STRENGTH_UNIT",

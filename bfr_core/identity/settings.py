@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .guidance import FaceRecognizer, IdentityGuidance, check_guidance_settings
+from .guidance import FaceRecognizer, IdentityGuidance, LatentCodec, check_guidance_settings
 
 
 @dataclass
@@ -30,12 +30,14 @@ class IdentitySettings:
         # Checked here, when the user sets them, not midway through a restore.
         check_guidance_settings(self.strength, self.fidelity, self.start, self.end)
 
-    def build(self, estimates: Tensor, alphas_cumprod: Tensor) -> IdentityGuidance:
+    def build(self, estimates: Tensor, alphas_cumprod: Tensor, latent_prior: LatentCodec | None = None
+              ) -> IdentityGuidance:
         """The sampler hook for these faces. ``estimates``: the backbone's estimates [F, 3, S, S] in [0, 1], in the
-        order they will be restored — the blind target and the fidelity anchor."""
+        order they will be restored — the blind target and the fidelity anchor. ``latent_prior``: the prior when it
+        samples latents (guidance then works in latent space)."""
         guidance = IdentityGuidance(self.recognizer, strength=self.strength, start=self.start, end=self.end,
                                     reference=self.reference, mask=self.mask, fidelity=self.fidelity,
-                                    alphas_cumprod=alphas_cumprod)
+                                    alphas_cumprod=alphas_cumprod, latent_prior=latent_prior)
         if self.reference is None or self.fidelity > 0:
             guidance.prepare(estimates)
         guidance.validate(estimates.shape[0])  # per-face masks/targets must match the faces before sampling

@@ -55,6 +55,7 @@ from ..diffusion.sampling import Guidance, model_device_dtype, sample_latents, s
 from ..diffusion.timesteps import (DEFAULT_SAMPLER, DEFAULT_STRENGTH, NUM_TRAIN_TIMESTEPS, get_preset,
                                    strength_to_timestep)
 from ..utils import ProgressCallback, luma, run_chunked
+from ..utils.color_fix import apply_color_fix, check_color_fix
 from ..utils.layout import check_images
 from .estimate import Restorer, apply_backbone, resize_crops
 
@@ -103,6 +104,7 @@ def restore_faces(
     timesteps: Sequence[int] | None = None,
     seeds: Sequence[int] | Tensor | None = None,
     cond: Any = None,
+    color_fix: str | None = None,
 ) -> Tensor:
     """DifFace-restore aligned faces ``crops`` [B,C,H,W] (RGB in [0, 1]) → [B,C,H,W] in [0, 1], crops' device/dtype.
 
@@ -112,7 +114,9 @@ def restore_faces(
     one); ``steps``/``eta`` None = the preset's defaults; ``timesteps``: explicit descending integer timesteps
     (override steps and spacing). ``seeds``: one
     seed per face (else face i uses ``seed + i``). ``cond``: passed to ``prior.denoise`` (tensors whose first
-    dimension is B are split with the chunks). ``prior`` may be None only when strength is 0. See the module
+    dimension is B are split with the chunks). ``color_fix``: "wavelet", "adain" or "none" — the decoded result's
+    colours matched to the backbone's estimate (`bfr_core.utils.color_fix`); None = the prior's own ``color_fix``
+    attribute (`LatentDiffusionPrior`: "wavelet"), else "none". ``prior`` may be None only when strength is 0. See the module
     docstrings of this module and of `bfr_core.diffusion.timesteps` / `samplers` / `sampling`.
     """
     check_images(crops, "crops", channels=(1, 3), allow_empty=True)
@@ -136,8 +140,9 @@ def restore_faces(
     if t_start == 0 and restorer is None:
         return crops.clamp(0, 1).clone()  # nothing to do: f = identity, no diffusion
 
+    fix = check_color_fix(color_fix if color_fix is not None else getattr(p, "color_fix", "none"))
     run_ctx = _Run(crops, prior, p, restorer, t_start, sampler, steps, eta, timesteps, per_face, guidance,
-                   dtype, cond)
+                   dtype, cond, fix)
 
     def run(start: int, n: int, report: Callable[[int], None]) -> Tensor:
         out = run_ctx.chunk(crops[start:start + n], torch.arange(start, start + n), report)
@@ -150,8 +155,8 @@ class _Run:
     """Everything constant across the chunks of one `restore_faces` call."""
 
     def __init__(self, crops, raw_prior, prior, restorer, t_start, sampler, steps, eta, timesteps, face_seeds,
-                 guidance, dtype, cond):
-        self.prior, self.restorer, self.t_start = prior, restorer, t_start
+                 guidance, dtype, cond, color_fix):
+        self.prior, self.restorer, self.t_start, self.color_fix = prior, restorer, t_start, color_fix
         self.face_seeds, self.guidance, self.cond, self.batch = face_seeds, guidance, cond, crops.shape[0]
         self.size, self.device = None, crops.device
         self.model_dtype, self.autocast_dtype = torch.float32, None
@@ -190,6 +195,7 @@ class _Run:
                            autocast_dtype=self.autocast_dtype, callback=lambda j: report(j + 1))
         with torch.no_grad():
             r = self.prior.decode(z).float().clamp(0, 1)
+        r = apply_color_fix(r, img, self.color_fix)
         if self.cp != c:
             r = (f + (r - luma(f))).clamp(0, 1) if self.cp == 1 else luma(r).clamp(0, 1)
         return resize_crops(r, hw)

@@ -12,7 +12,7 @@ prior (``restorer=None``: the backbone already ran; on one device the result is 
 the last bits). The result comes back at the crops' own size, on their device.
 
 Settings are checked when the restorer is made (sampler name, steps, eta against the strength; identity guidance
-needs a pixel prior; the compile mode), so a bad value fails before any face is processed.
+works with pixel and latent priors), so a bad value fails before any face is processed.
 
 Speed (`bfr_core.utils.acceleration`): on the CPU the prior's network is put in channels_last memory format on the
 first call (``channels_last=None``: on for the CPU, left alone elsewhere; the weights are changed in place, the
@@ -52,7 +52,7 @@ class FaceRestorer:
     prior: a diffusion prior (None: the backbone alone). backbone: f (None: the crop itself). strength: how much of
     the diffusion chain is re-generated (0 = the backbone's estimate, 0.4 = DifFace). steps, sampler, eta: the
     sampling schedule (see `restore_faces`; the default preset "fast" is 20 DDIM steps, η 0.5). identity:
-    `IdentitySettings` for identity guidance (needs a pixel prior). batch_size: faces per network call (halves itself on out-of-memory). dtype: the prior's compute precision.
+    `IdentitySettings` for identity guidance (pixel or latent prior). batch_size: faces per network call (halves itself on out-of-memory). dtype: the prior's compute precision.
     progress: the default ``progress(done, total)`` callback of calls that pass none. channels_last, compile: how the
     prior's network runs (module docstring: None = channels_last on the CPU; compile off by default).
     """
@@ -81,10 +81,6 @@ class FaceRestorer:
         if self.prior is None:
             return
         prior = as_prior(self.prior)
-        if self.identity is not None and isinstance(prior, LatentPrior):
-            # The recognizer reads images; the guidance hook sees latents. Not mixed up silently.
-            raise ValueError("identity guidance works with pixel priors only for now (a latent prior's guidance "
-                             "hook sees latents, not faces)")
         t_start = strength_to_timestep(self.strength, len(prior.alphas_cumprod))
         if t_start > 0:  # the sampler's settings against this strength, before any face is processed
             resolve_sampler(self.sampler, torch.as_tensor(prior.alphas_cumprod).double(), t_start, self.steps,
@@ -127,7 +123,9 @@ class FaceRestorer:
             return resize_crops(estimates, hw).to(crops.dtype)
         guidance = None
         if self.identity is not None:
-            guidance = self.identity.build(estimates, self.prior.alphas_cumprod)
+            prior = as_prior(self.prior)  # latent priors: the hook decodes its latents for the recognizer
+            guidance = self.identity.build(estimates, self.prior.alphas_cumprod,
+                                           prior if isinstance(prior, LatentPrior) else None)
         out = restore_faces(estimates, self._fast_prior(), restorer=None, strength=self.strength, steps=self.steps,
                             sampler=self.sampler, eta=self.eta, seed=seed, guidance=guidance,
                             batch_size=self.batch_size, dtype=self.dtype, progress=progress, seeds=seeds)
