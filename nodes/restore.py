@@ -16,9 +16,10 @@ from ..bfr_core.restoration.backbones import load_restorer
 from ..bfr_core.restoration.pipeline import PasteOptions, restore_images
 from ..bfr_core.restoration.restorer import FaceRestorer
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw, to_bhwc
+from .comfy_glue import StepProgress, list_models, log, model_path, resolve_dtype, to_bchw, to_bhwc
 from .detect import run_detection
 from .identity import looks_like_recognizer
+from .memory import manage, models_loaded, restore_memory
 from .schema import Detector, Faces, Guidance, Prior, Restorer, node_schema
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
@@ -65,7 +66,7 @@ class BFRLoadDiffusionPrior(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(load_prior(_prior_path(model_name), device="cpu", dtype=resolve_dtype(dtype)))
+        return io.NodeOutput(manage(load_prior(_prior_path(model_name), device="cpu", dtype=resolve_dtype(dtype))))
 
 
 def _dtype_input(tooltip: str):
@@ -100,7 +101,7 @@ class BFRLoadRestorer(io.ComfyNode):
         if model_name == "none":
             return io.NodeOutput(load_restorer(None))
         path = model_path("facerestore_models", model_name)
-        return io.NodeOutput(load_restorer(path, device="cpu", dtype=resolve_dtype(dtype)))
+        return io.NodeOutput(manage(load_restorer(path, device="cpu", dtype=resolve_dtype(dtype))))
 
 
 def _sampling_inputs() -> dict[str, io.Input]:
@@ -157,9 +158,10 @@ def run_restore(restorer: FaceRestorer, crops_bchw: torch.Tensor, seed: int,
 
 
 def restorer_on_device(restorer: FaceRestorer):
-    """The restorer's networks on ComfyUI's device for the body, with room for batch_size faces' activations."""
-    side = restorer.crop_size
-    return on_device(*restorer.modules(), extra_bytes=restorer.batch_size * side * side * 4 * 64)
+    """The restorer's networks on ComfyUI's device for the body (through its memory manager: they stay there
+    afterwards), with room for batch_size faces' activations."""
+    recognizer = restorer.identity.recognizer if restorer.identity is not None else None
+    return models_loaded(restorer.prior, restorer.backbone, recognizer, memory_required=restore_memory(restorer))
 
 
 class BFRDiffusionRestore(io.ComfyNode):
