@@ -16,10 +16,11 @@ from ..bfr_core.restoration.backbones import load_restorer
 from ..bfr_core.restoration.pipeline import PasteOptions, restore_images
 from ..bfr_core.restoration.restorer import FaceRestorer
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import StepProgress, list_models, log, model_path, resolve_dtype, to_bchw, to_bhwc
+from .comfy_glue import list_models, log, model_path, resolve_dtype, to_bchw, to_bhwc
 from .detect import run_detection
 from .identity import looks_like_recognizer
 from .memory import manage, models_loaded, restore_memory
+from .progress import RestoreProgress
 from .schema import Detector, Faces, Guidance, Prior, Restorer, node_schema
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
@@ -153,8 +154,9 @@ def run_restore(restorer: FaceRestorer, crops_bchw: torch.Tensor, seed: int,
     """The library's restorer with ComfyUI's device, memory, progress and cancel handling."""
     # Crops stay on the CPU: the restorer moves one chunk at a time to the models' device and back,
     # so device memory follows batch_size, not the number of faces (video batches).
-    with restorer_on_device(restorer):
-        return restorer(crops_bchw.cpu(), seed=seed, seeds=seeds, progress=StepProgress())
+    progress = RestoreProgress(crops_bchw.shape[0], restorer.batch_size, restorer.backbone)
+    with restorer_on_device(restorer), progress.watching_backbone():
+        return restorer(crops_bchw.cpu(), seed=seed, seeds=seeds, progress=progress)
 
 
 def restorer_on_device(restorer: FaceRestorer):
@@ -233,8 +235,10 @@ class BFRRestoreFaces(io.ComfyNode):
         dets = run_detection(detector, split_alpha(images)[0], DetectOptions(select=select))
         sampler, steps, eta = sampler_settings("ddim", steps, OFFICIAL_ETA, strength)
         face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, sampler=sampler, eta=eta,
-                                     identity=guidance, progress=StepProgress())
-        with restorer_on_device(face_restorer):
+                                     identity=guidance)
+        progress = RestoreProgress(sum(len(d) for d in dets), face_restorer.batch_size, face_restorer.backbone)
+        face_restorer.progress = progress
+        with restorer_on_device(face_restorer), progress.watching_backbone():
             res = restore_images(images, None, face_restorer, paste=PasteOptions(color_match=color_match),
                                  seed=seed, detections=dets)
         if len(res.faces) == 0:

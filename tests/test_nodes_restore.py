@@ -156,3 +156,48 @@ def _restorer(prior, **kw):
     from bfr_core import FaceRestorer
 
     return FaceRestorer(prior, None, **kw)
+
+
+class _Blocks(torch.nn.Module):
+    """A backbone of 4 blocks run in sequence (as SwinIR's residual groups)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Conv2d(3, 3, 1) for _ in range(4))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x.clamp(0, 1)
+
+
+def test_progress_covers_the_backbone_then_the_sampling(comfy_pack, models_dir):
+    """The bar moves during the backbone pass (per block of each chunk), then per sampling step; Cancel stops a
+    backbone chunk midway."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    nodes = _nodes(comfy_pack)
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
+    crops = torch.rand(3, 32, 32, 3)
+    comfy.utils.UPDATES.clear()
+    run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 2, "ddim", 0.5, 5, 2, restorer=_Blocks())
+    updates = comfy.utils.UPDATES
+    backbone = [u for u in updates if u[1] == 8]  # 2 chunks x 4 blocks
+    assert [v for v, _ in backbone if v not in (4, 8)] == [1, 2, 3, 5, 6, 7]  # within-chunk steps, in order
+    assert updates.index((8, 8)) < updates.index((1, 4)) and updates[-1] == (4, 4)  # then 2 steps x 2 chunks
+    assert all(t in (4, 8) for _, t in updates)
+
+    calls = []
+
+    class CancelInBlock(_Blocks):
+        def forward(self, x):
+            calls.append(1)
+            return super().forward(x)
+
+    backbone = CancelInBlock()
+    backbone.blocks[1].register_forward_hook(lambda *a: mm.INTERRUPT.update(flag=True))
+    with pytest.raises(mm.InterruptProcessingException):
+        run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 2, "ddim", 0.5, 5, 2, restorer=backbone)
+    assert len(calls) == 1  # stopped inside the first chunk
+    assert not backbone.blocks[0]._forward_hooks  # the progress hooks are removed
