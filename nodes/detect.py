@@ -39,6 +39,11 @@ class BFRLoadFaceDetector(io.ComfyNode):
             search=cls.SEARCH)
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """A missing file is named with its folder at queue time, instead of ComfyUI's bare "Value not in list"."""
+        return checked(lambda: model_path("facedetection", model_name))
+
+    @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
         return io.NodeOutput(manage(load_detector(model_path("facedetection", model_name))))
 

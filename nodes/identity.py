@@ -93,6 +93,12 @@ class BFRLoadFaceRecognizer(io.ComfyNode):
             search=cls.SEARCH)
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """Any spelling of a file that exists passes (both insightface layouts, a bare file name); a missing one is
+        named with the folders to put it in, at queue time, instead of ComfyUI's bare "Value not in list"."""
+        return checked(lambda: recognizer_path(model_name))
+
+    @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         dt = resolve_dtype(dtype)
         # Outside inference mode: guidance back-propagates through these weights, and tensors made under

@@ -21,7 +21,7 @@ from .detect import run_detection
 from .identity import looks_like_recognizer
 from .memory import manage, models_loaded, restore_memory
 from .progress import RestoreProgress
-from .schema import Detector, Faces, Guidance, Prior, Restorer, node_schema
+from .schema import Detector, Faces, Guidance, Prior, Restorer, checked, node_schema
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 # Shown when models/facerestore_models holds no such file: the name says what to put where, and loading it
@@ -66,6 +66,11 @@ class BFRLoadDiffusionPrior(io.ComfyNode):
             search=cls.SEARCH)
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """A missing file is named with its folder at queue time, instead of ComfyUI's bare "Value not in list"."""
+        return checked(lambda: _prior_path(model_name))
+
+    @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         return io.NodeOutput(manage(load_prior(_prior_path(model_name), device="cpu", dtype=resolve_dtype(dtype))))
 
@@ -96,6 +101,11 @@ class BFRLoadRestorer(io.ComfyNode):
             outputs=[Restorer.Output(display_name="restorer", tooltip="The restoration backbone (or none), for the "
                                      "restorer input of BFR Diffusion Restore or BFR Restore Faces.")],
             search=cls.SEARCH)
+
+    @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """A missing file is named with its folder at queue time, instead of ComfyUI's bare "Value not in list"."""
+        return True if model_name == "none" else checked(lambda: model_path("facerestore_models", model_name))
 
     @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bfr_core.faces.align import align_faces
-from conftest import combo_options, load_rgb, run_node, shared_path
+from conftest import combo_options, load_rgb, run_node, shared_path, validate_node
 from test_paste import _faces_at
 
 NODE_IDS = {"BFRLoadFaceDetector", "BFRDetectFaces", "BFRAlignFaces", "BFRPasteFaces"}
@@ -93,6 +93,9 @@ def test_loaders_offer_a_placeholder_that_names_the_file(comfy_pack, tmp_path):
         with pytest.raises(Exception, match=folder) as err:
             run_node(nodes[node_id], *args)
         assert "--" not in str(err.value), f"{node_id}: {err.value}"
+        # Refused at queue time already, with the same words (ComfyUI's own check would say "Value not in list").
+        verdict = validate_node(nodes[node_id], model_name="another_name.pth")
+        assert isinstance(verdict, str) and "another_name.pth" in verdict and folder in verdict, verdict
     assert combo_options(nodes["BFRLoadRestorer"], "model_name")[0] == "none"  # still the default
 
 
@@ -369,8 +372,6 @@ def test_v3_nodes_keep_the_v1_contract(comfy_pack):
 def test_bad_settings_are_refused_before_the_run(comfy_pack):
     """validate_inputs runs at queue time on the widget values alone (links are not computed yet): the messages
     reach the user before anything loads or samples."""
-    from conftest import validate_node
-
     nodes = comfy_pack.NODE_CLASS_MAPPINGS
     guidance = nodes["BFRIdentityGuidance"]
     assert validate_node(guidance, strength=1.0, start=1.0, end=0.0, mask_mode="features", fidelity=0.0) is True
