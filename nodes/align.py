@@ -1,8 +1,6 @@
 """Align faces to the FFHQ template, and paste (restored) crops back."""
 from __future__ import annotations
 
-import os
-
 import torch
 from comfy_api.latest import io
 
@@ -12,7 +10,8 @@ from ..bfr_core.faces.parsing import load_face_parser
 from ..bfr_core.faces.paste import COLOR_MATCH_MODES, paste_faces
 from ..bfr_core.restoration.pipeline import PasteOptions, crop_masks
 from ..bfr_core.utils.layout import merge_alpha, split_alpha
-from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw, to_bhwc
+from .comfy_glue import Progress, list_models, log, model_path, to_bchw, to_bhwc
+from .memory import activation_bytes, manage, models_loaded
 from .schema import Detections, Faces, node_schema
 
 MASK_MODES = ("ellipse", "square", "parsing")
@@ -56,20 +55,6 @@ class BFRAlignFaces(io.ComfyNode):
             log.info("BFR Align Faces: no faces to align; outputting a placeholder crop")
             crops = rgb.new_zeros(1, 3, crop_size, crop_size)
         return io.NodeOutput(to_bhwc(crops), faces)
-
-
-# The last parsing model used, keyed by (path, mtime, size): video frames and re-runs do not reload it.
-_PARSER_CACHE: dict[tuple, object] = {}
-
-
-def _face_parser(name: str):
-    path = model_path("facedetection", name)
-    st = os.stat(path)
-    key = (path, st.st_mtime_ns, st.st_size)
-    if key not in _PARSER_CACHE:
-        _PARSER_CACHE.clear()
-        _PARSER_CACHE[key] = load_face_parser(path)
-    return _PARSER_CACHE[key]
 
 
 def _parsing_files() -> list[str]:
@@ -128,8 +113,9 @@ class BFRPasteFaces(io.ComfyNode):
         if mask == "parsing":
             if parsing_model == "none":
                 raise ValueError(PARSING_MODEL_NEEDED)
-            parser = _face_parser(parsing_model)
-            with on_device(parser.model):
+            # Loaded per run (the widget holds a file name, not a loaded model); ComfyUI manages it while it runs.
+            parser = manage(load_face_parser(model_path("facedetection", parsing_model)))
+            with models_loaded(parser, memory_required=activation_bytes(parser, min(8, len(faces)), 512, 512)):
                 masks = crop_masks(crops_t, PasteOptions(mask, feather, color_match), parser)
         else:
             masks = crop_masks(crops_t, PasteOptions(mask, feather, color_match))

@@ -175,20 +175,3 @@ def on_device(*modules: torch.nn.Module, extra_bytes: int = 0):
     finally:
         for module in modules:
             offload(module)
-
-
-class StepProgress:
-    """Adapter from the sampler's progress(done, total) to ComfyUI's bar and cancel button."""
-
-    def __init__(self) -> None:
-        try:
-            import comfy.utils
-
-            self._bar = comfy.utils.ProgressBar(1)
-        except ImportError:
-            self._bar = None
-
-    def __call__(self, done: int, total: int) -> None:
-        check_interrupted()
-        if self._bar is not None:
-            self._bar.update_absolute(done, total)

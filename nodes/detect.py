@@ -8,7 +8,8 @@ from comfy_api.latest import io
 from ..bfr_core.faces.detection import SELECT_MODES, SORT_MODES, load_detector
 from ..bfr_core.faces.detection.batch import DetectOptions, detect_faces
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import Progress, list_models, log, model_path, on_device, to_bchw
+from .comfy_glue import Progress, list_models, log, model_path, to_bchw
+from .memory import activation_bytes, manage, models_loaded
 from .schema import Detections, Detector, checked, node_schema
 
 DETECTOR_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
@@ -38,8 +39,13 @@ class BFRLoadFaceDetector(io.ComfyNode):
             search=cls.SEARCH)
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """A missing file is named with its folder at queue time, instead of ComfyUI's bare "Value not in list"."""
+        return checked(lambda: model_path("facedetection", model_name))
+
+    @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
-        return io.NodeOutput(load_detector(model_path("facedetection", model_name)))
+        return io.NodeOutput(manage(load_detector(model_path("facedetection", model_name))))
 
 
 def draw_detections(image: np.ndarray, dets) -> np.ndarray:
@@ -60,14 +66,14 @@ def draw_detections(image: np.ndarray, dets) -> np.ndarray:
 
 
 def run_detection(detector, images: torch.Tensor, opts: DetectOptions) -> list:
-    """detect_faces with a torch detector (RetinaFace) on ComfyUI's device, offloaded afterwards.
+    """detect_faces with a torch detector (RetinaFace) on ComfyUI's device, through its memory manager.
 
     Images stay on the CPU: the detector moves one chunk at a time to its device (video batches).
     """
-    module = detector if isinstance(detector, torch.nn.Module) else getattr(detector, "model", None)
-    modules = [module] if isinstance(module, torch.nn.Module) else []  # YuNet runs in OpenCV
-    with on_device(*modules):
-        return detect_faces(detector, images, opts, chunk=4, progress=Progress(images.shape[0]))
+    chunk = 4
+    need = activation_bytes(detector, min(chunk, images.shape[0]), images.shape[-2], images.shape[-1])
+    with models_loaded(detector, memory_required=need):  # YuNet runs in OpenCV: nothing to load
+        return detect_faces(detector, images, opts, chunk=chunk, progress=Progress(images.shape[0]))
 
 
 class BFRDetectFaces(io.ComfyNode):

@@ -13,7 +13,8 @@ from ..bfr_core.identity.guidance import check_guidance_settings
 from ..bfr_core.identity.references import embed_reference_faces
 from ..bfr_core.identity.settings import IdentitySettings
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import list_models, model_path, on_device, resolve_dtype, to_bchw
+from .comfy_glue import list_models, model_path, resolve_dtype, to_bchw
+from .memory import ARCFACE_SIZE, activation_bytes, manage, models_loaded
 from .schema import Detector, Guidance, Recognizer, checked, node_schema
 
 RECOGNIZER_FOLDERS = ("insightface", "facerestore_models")
@@ -57,6 +58,10 @@ def recognizer_path(model_name: str) -> str:
                             f"refresh (R) the page.")
 
 
+def _embed_memory(recognizer, faces: int) -> int:
+    return activation_bytes(recognizer, faces, ARCFACE_SIZE, ARCFACE_SIZE)
+
+
 def looks_like_recognizer(name: str) -> bool:
     """ArcFace files by their usual names; they share models/facerestore_models with priors and backbones."""
     base = os.path.basename(name).lower()
@@ -88,12 +93,18 @@ class BFRLoadFaceRecognizer(io.ComfyNode):
             search=cls.SEARCH)
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """Any spelling of a file that exists passes (both insightface layouts, a bare file name); a missing one is
+        named with the folders to put it in, at queue time, instead of ComfyUI's bare "Value not in list"."""
+        return checked(lambda: recognizer_path(model_name))
+
+    @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         dt = resolve_dtype(dtype)
         # Outside inference mode: guidance back-propagates through these weights, and tensors made under
         # ComfyUI's torch.inference_mode() cannot be saved for backward.
         with torch.inference_mode(False):
-            return io.NodeOutput(load_recognizer(recognizer_path(model_name), device="cpu", dtype=dt))
+            return io.NodeOutput(manage(load_recognizer(recognizer_path(model_name), device="cpu", dtype=dt)))
 
 
 class BFRIdentityGuidance(io.ComfyNode):
@@ -149,7 +160,7 @@ class BFRIdentityGuidance(io.ComfyNode):
         settings = IdentitySettings(recognizer, strength, start, end, mask if mask is not None else mask_mode,
                                     None, fidelity)
         if reference is not None:
-            with on_device(recognizer.model):
+            with models_loaded(recognizer, memory_required=_embed_memory(recognizer, reference.shape[0])):
                 settings.reference = embed_reference_faces(recognizer, to_bchw(reference).to(recognizer.device),
                                                            detector).cpu()
         return io.NodeOutput(settings)
@@ -180,7 +191,8 @@ class BFRFaceSimilarity(io.ComfyNode):
         if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
             raise ValueError(f"faces_a has {a.shape[0]} faces and faces_b {b.shape[0]}: give the same number, or "
                              f"one face to compare with all")
-        with on_device(recognizer.model), torch.no_grad():
+        with models_loaded(recognizer, memory_required=_embed_memory(recognizer, max(a.shape[0], b.shape[0]))), \
+                torch.no_grad():
             ea = embed_reference_faces(recognizer, a.to(recognizer.device))
             eb = embed_reference_faces(recognizer, b.to(recognizer.device))
         sims = (ea * eb).sum(1).clamp(-1, 1).float().cpu().tolist()

@@ -16,10 +16,12 @@ from ..bfr_core.restoration.backbones import load_restorer
 from ..bfr_core.restoration.pipeline import PasteOptions, restore_images
 from ..bfr_core.restoration.restorer import FaceRestorer
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import StepProgress, list_models, log, model_path, on_device, resolve_dtype, to_bchw, to_bhwc
+from .comfy_glue import list_models, log, model_path, resolve_dtype, to_bchw, to_bhwc
 from .detect import run_detection
 from .identity import looks_like_recognizer
-from .schema import Detector, Faces, Guidance, Prior, Restorer, node_schema
+from .memory import manage, models_loaded, restore_memory
+from .progress import RestoreProgress
+from .schema import Detector, Faces, Guidance, Prior, Restorer, checked, node_schema
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 # Shown when models/facerestore_models holds no such file: the name says what to put where, and loading it
@@ -64,8 +66,13 @@ class BFRLoadDiffusionPrior(io.ComfyNode):
             search=cls.SEARCH)
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """A missing file is named with its folder at queue time, instead of ComfyUI's bare "Value not in list"."""
+        return checked(lambda: _prior_path(model_name))
+
+    @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(load_prior(_prior_path(model_name), device="cpu", dtype=resolve_dtype(dtype)))
+        return io.NodeOutput(manage(load_prior(_prior_path(model_name), device="cpu", dtype=resolve_dtype(dtype))))
 
 
 def _dtype_input(tooltip: str):
@@ -96,11 +103,16 @@ class BFRLoadRestorer(io.ComfyNode):
             search=cls.SEARCH)
 
     @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """A missing file is named with its folder at queue time, instead of ComfyUI's bare "Value not in list"."""
+        return True if model_name == "none" else checked(lambda: model_path("facerestore_models", model_name))
+
+    @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
         if model_name == "none":
             return io.NodeOutput(load_restorer(None))
         path = model_path("facerestore_models", model_name)
-        return io.NodeOutput(load_restorer(path, device="cpu", dtype=resolve_dtype(dtype)))
+        return io.NodeOutput(manage(load_restorer(path, device="cpu", dtype=resolve_dtype(dtype))))
 
 
 def _sampling_inputs() -> dict[str, io.Input]:
@@ -152,14 +164,16 @@ def run_restore(restorer: FaceRestorer, crops_bchw: torch.Tensor, seed: int,
     """The library's restorer with ComfyUI's device, memory, progress and cancel handling."""
     # Crops stay on the CPU: the restorer moves one chunk at a time to the models' device and back,
     # so device memory follows batch_size, not the number of faces (video batches).
-    with restorer_on_device(restorer):
-        return restorer(crops_bchw.cpu(), seed=seed, seeds=seeds, progress=StepProgress())
+    progress = RestoreProgress(crops_bchw.shape[0], restorer.batch_size, restorer.backbone)
+    with restorer_on_device(restorer), progress.watching_backbone():
+        return restorer(crops_bchw.cpu(), seed=seed, seeds=seeds, progress=progress)
 
 
 def restorer_on_device(restorer: FaceRestorer):
-    """The restorer's networks on ComfyUI's device for the body, with room for batch_size faces' activations."""
-    side = restorer.crop_size
-    return on_device(*restorer.modules(), extra_bytes=restorer.batch_size * side * side * 4 * 64)
+    """The restorer's networks on ComfyUI's device for the body (through its memory manager: they stay there
+    afterwards), with room for batch_size faces' activations."""
+    recognizer = restorer.identity.recognizer if restorer.identity is not None else None
+    return models_loaded(restorer.prior, restorer.backbone, recognizer, memory_required=restore_memory(restorer))
 
 
 class BFRDiffusionRestore(io.ComfyNode):
@@ -231,8 +245,10 @@ class BFRRestoreFaces(io.ComfyNode):
         dets = run_detection(detector, split_alpha(images)[0], DetectOptions(select=select))
         sampler, steps, eta = sampler_settings("ddim", steps, OFFICIAL_ETA, strength)
         face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, sampler=sampler, eta=eta,
-                                     identity=guidance, progress=StepProgress())
-        with restorer_on_device(face_restorer):
+                                     identity=guidance)
+        progress = RestoreProgress(sum(len(d) for d in dets), face_restorer.batch_size, face_restorer.backbone)
+        face_restorer.progress = progress
+        with restorer_on_device(face_restorer), progress.watching_backbone():
             res = restore_images(images, None, face_restorer, paste=PasteOptions(color_match=color_match),
                                  seed=seed, detections=dets)
         if len(res.faces) == 0:

@@ -53,6 +53,6 @@ def checked(check: Callable[[], object]) -> bool | str:
     node before anything runs)."""
     try:
         check()
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         return str(err)
     return True

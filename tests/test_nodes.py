@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bfr_core.faces.align import align_faces
-from conftest import combo_options, load_rgb, run_node, shared_path
+from conftest import combo_options, load_rgb, run_node, shared_path, validate_node
 from test_paste import _faces_at
 
 NODE_IDS = {"BFRLoadFaceDetector", "BFRDetectFaces", "BFRAlignFaces", "BFRPasteFaces"}
@@ -93,6 +93,9 @@ def test_loaders_offer_a_placeholder_that_names_the_file(comfy_pack, tmp_path):
         with pytest.raises(Exception, match=folder) as err:
             run_node(nodes[node_id], *args)
         assert "--" not in str(err.value), f"{node_id}: {err.value}"
+        # Refused at queue time already, with the same words (ComfyUI's own check would say "Value not in list").
+        verdict = validate_node(nodes[node_id], model_name="another_name.pth")
+        assert isinstance(verdict, str) and "another_name.pth" in verdict and folder in verdict, verdict
     assert combo_options(nodes["BFRLoadRestorer"], "model_name")[0] == "none"  # still the default
 
 
@@ -296,26 +299,39 @@ class _Tuple(torch.nn.Module):
         return (self.net(x),)
 
 
-def test_paste_node_loads_the_parsing_model_once(comfy_pack, tmp_path, monkeypatch):
+def test_paste_node_runs_the_parser_in_comfyui_memory_manager(comfy_pack, tmp_path, monkeypatch):
+    """mask=parsing: the parser goes through load_models_gpu with its activation estimate; the node keeps no copy
+    of it (no module-level cache: ComfyUI decides what stays loaded)."""
+    import comfy.model_management as mm
     import folder_paths
     from facexlib.parsing.bisenet import BiSeNet
 
     torch.manual_seed(0)
     torch.save(BiSeNet(num_class=19).state_dict(), tmp_path / "parsing_bisenet.pth")
     folder_paths.folder_names_and_paths["facedetection"] = ([str(tmp_path)], {".pth", ".onnx"})
-    align_module = sys.modules["bfr_pack_under_test.nodes.align"]
-    loads = []
-    real = align_module.load_face_parser
-    monkeypatch.setattr(align_module, "load_face_parser", lambda p: loads.append(p) or real(p))
-    monkeypatch.setattr(align_module, "_PARSER_CACHE", {})
     img = torch.rand(1, 3, 96, 96)
     crops, faces = align_faces(img, _faces_at(img, [(48.0, 48.0)]), 64)
     img, crops = img.movedim(1, -1), crops.movedim(1, -1)
     paste = comfy_pack.NODE_CLASS_MAPPINGS["BFRPasteFaces"]
+    mm.LOAD_REQUESTS.clear()
     first = run_node(paste, img, crops, faces, "parsing", 0.1, "none", "parsing_bisenet.pth")
     second = run_node(paste, img, crops, faces, "parsing", 0.1, "none", "parsing_bisenet.pth")
-    assert len(loads) == 1
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert mm.LOAD_REQUESTS == [("ManagedNetworks", 284 * 512 * 512)] * 2  # one face, BiSeNet's bytes per pixel
+    assert_no_module_level_models(comfy_pack)
+
+
+def assert_no_module_level_models(comfy_pack):
+    """No global of the pack's node modules holds a network (directly or in a container)."""
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("bfr_pack_under_test.nodes"):
+            continue
+        for attr, value in vars(module).items():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple, set)) else [value]
+            for item in items:
+                assert not isinstance(item, torch.nn.Module) and not hasattr(item, "comfy_patcher"), f"{name}.{attr}"
 
 
 def _contract(node_cls) -> dict:
@@ -356,8 +372,6 @@ def test_v3_nodes_keep_the_v1_contract(comfy_pack):
 def test_bad_settings_are_refused_before_the_run(comfy_pack):
     """validate_inputs runs at queue time on the widget values alone (links are not computed yet): the messages
     reach the user before anything loads or samples."""
-    from conftest import validate_node
-
     nodes = comfy_pack.NODE_CLASS_MAPPINGS
     guidance = nodes["BFRIdentityGuidance"]
     assert validate_node(guidance, strength=1.0, start=1.0, end=0.0, mask_mode="features", fidelity=0.0) is True

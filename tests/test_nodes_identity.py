@@ -5,7 +5,7 @@ import torch
 from bfr_core.identity import IRESNET_LAYERS, IResNet
 from bfr_core.archs.iddpm_unet import IDDPMUNet
 from bfr_core.archs.iddpm_unet import TINY_CONFIG
-from conftest import combo_options, load_rgb, run_node, shared_path
+from conftest import combo_options, load_rgb, run_node, shared_path, validate_node
 
 
 # ComfyUI executes every node inside torch.inference_mode(); so do these tests (conftest fixture).
@@ -160,7 +160,7 @@ def test_recognizer_default_is_the_permissive_facexlib_file(comfy_pack, tmp_path
     assert _identity_workflow_values() == {default}
     assert REGISTRY["recognition_arcface_ir_se50.pth"].commercial
     with pytest.raises(FileNotFoundError, match="facerestore_models") as err:
-        run_node(comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"], default, "fp32")
+        comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"].execute(model_name=default, dtype="fp32")  # past validation
     assert "--" not in str(err.value)
     # Installed among other recognizers: still listed first and the default.
     (tmp_path / "restore").mkdir()
@@ -192,6 +192,8 @@ def test_both_insightface_layouts_and_both_spellings_resolve(comfy_pack, tmp_pat
     resolve = sys.modules["bfr_pack_under_test.nodes.identity"].recognizer_path
     for spelling in ("insightface:antelopev2/glintr100.onnx", "insightface:models/antelopev2/glintr100.onnx"):
         assert resolve(spelling) == str(target)
+        # ... and passes the queue-time check even when the list shows the other spelling (no value_not_in_list)
+        assert validate_node(comfy_pack.NODE_CLASS_MAPPINGS["BFRLoadFaceRecognizer"], model_name=spelling) is True
 
 
 def test_legacy_spelling_loads_a_backbone_in_insightface_layout(comfy_pack, tmp_path):

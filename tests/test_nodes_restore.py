@@ -1,4 +1,6 @@
 """Restore nodes (prior/restorer loaders, crop restore, all-in-one) through the ComfyUI stand-ins."""
+import sys
+
 import pytest
 import torch
 
@@ -122,3 +124,80 @@ def test_faces_input_seeds_like_the_all_in_one_node(comfy_pack, models_dir):
     torch.testing.assert_close(keyed[2:], alone, atol=1e-5, rtol=0)  # image 1's first face: seed + 0
     with pytest.raises(ValueError, match="describes 3 faces"):
         run_node(nodes["BFRDiffusionRestore"], crops[:2], prior, 0.4, 4, "ddim", 0.5, 5, 2, faces=faces)
+
+
+def test_models_stay_loaded_between_runs(comfy_pack, models_dir):
+    """Loaders hand out networks with a ModelPatcher; a second run asks ComfyUI for nothing new (the prior is not
+    reloaded or moved), and the memory asked for follows the crop size and batch size (bytes per pixel measured by
+    bench/bench_activation_memory.py)."""
+    import comfy.model_management as mm
+    from test_nodes import assert_no_module_level_models
+
+    memory = sys.modules["bfr_pack_under_test.nodes.memory"]
+    nodes = _nodes(comfy_pack)
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
+    detector = run_node(nodes["BFRLoadFaceDetector"], "face_detection_yunet_2023mar.onnx")[0]
+    assert memory.patcher_of(prior) is not None and memory.patcher_of(detector) is None  # YuNet runs in OpenCV
+    mm.LOAD_REQUESTS.clear()
+    crops = torch.rand(3, 32, 32, 3)
+    first = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 2, "ddim", 0.5, 5, 2)[0]
+    second = run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 2, "ddim", 0.5, 5, 2)[0]
+    assert torch.equal(first, second)
+    # One load for both runs. The tiny prior has 32 px samples and the crops are restored at 512 px at least, but
+    # the UNet runs at its own size: 2 faces x 32 x 32 px x 1536 B (the SwinIR-free recipe's largest part).
+    assert mm.LOAD_REQUESTS == [("ManagedNetworks", 2 * 32 * 32 * 1536)]
+    assert memory.restore_memory(_restorer(prior, batch_size=4)) == 4 * 32 * 32 * 1536
+    half = memory.activation_bytes(prior, 4, 32, 32, torch.bfloat16)
+    assert half == 4 * 32 * 32 * 1536 // 2
+    assert_no_module_level_models(comfy_pack)
+
+
+def _restorer(prior, **kw):
+    from bfr_core import FaceRestorer
+
+    return FaceRestorer(prior, None, **kw)
+
+
+class _Blocks(torch.nn.Module):
+    """A backbone of 4 blocks run in sequence (as SwinIR's residual groups)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Conv2d(3, 3, 1) for _ in range(4))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x.clamp(0, 1)
+
+
+def test_progress_covers_the_backbone_then_the_sampling(comfy_pack, models_dir):
+    """The bar moves during the backbone pass (per block of each chunk), then per sampling step; Cancel stops a
+    backbone chunk midway."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    nodes = _nodes(comfy_pack)
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
+    crops = torch.rand(3, 32, 32, 3)
+    comfy.utils.UPDATES.clear()
+    run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 2, "ddim", 0.5, 5, 2, restorer=_Blocks())
+    updates = comfy.utils.UPDATES
+    backbone = [u for u in updates if u[1] == 8]  # 2 chunks x 4 blocks
+    assert [v for v, _ in backbone if v not in (4, 8)] == [1, 2, 3, 5, 6, 7]  # within-chunk steps, in order
+    assert updates.index((8, 8)) < updates.index((1, 4)) and updates[-1] == (4, 4)  # then 2 steps x 2 chunks
+    assert all(t in (4, 8) for _, t in updates)
+
+    calls = []
+
+    class CancelInBlock(_Blocks):
+        def forward(self, x):
+            calls.append(1)
+            return super().forward(x)
+
+    backbone = CancelInBlock()
+    backbone.blocks[1].register_forward_hook(lambda *a: mm.INTERRUPT.update(flag=True))
+    with pytest.raises(mm.InterruptProcessingException):
+        run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 2, "ddim", 0.5, 5, 2, restorer=backbone)
+    assert len(calls) == 1  # stopped inside the first chunk
+    assert not backbone.blocks[0]._forward_hooks  # the progress hooks are removed

@@ -17,6 +17,7 @@ CORE_NODES = {
     "GetVideoComponents": ([("video", "VIDEO")], ["IMAGE", "AUDIO", "FLOAT"]),
     "CreateVideo": ([("images", "IMAGE"), ("fps", "FLOAT"), ("audio", "AUDIO")], ["VIDEO"]),
     "SaveVideo": ([("video", "VIDEO"), ("filename_prefix", "STRING"), ("format", "COMBO"), ("codec", "COMBO")], []),
+    "PreviewAny": ([("source", "*")], []),  # shows a STRING (the similarity report)
 }
 LINK_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "VIDEO", "AUDIO"}
 UPLOAD_NODES = ("LoadImage", "LoadVideo")  # the frontend stores the upload widget's value after the file name
@@ -48,7 +49,7 @@ def _signature(nodes_map, node_type):
 
 
 def _is_link_type(kind):
-    return kind in LINK_TYPES or kind.startswith("BFR_")
+    return kind in LINK_TYPES or kind.startswith("BFR_") or kind == "*"
 
 
 def test_there_are_examples():
@@ -65,7 +66,7 @@ def test_ui_workflow_is_consistent(path, comfy_pack):
         _, src_outs = _signature(nodes_map, nodes[src]["type"])
         assert src_outs[src_slot] == typ, f"link {link_id}: {nodes[src]['type']} output {src_slot} is not {typ}"
         dst_node = nodes[dst]
-        assert dst_node["inputs"][dst_slot]["type"] == typ and dst_node["inputs"][dst_slot]["link"] == link_id
+        assert dst_node["inputs"][dst_slot]["type"] in (typ, "*") and dst_node["inputs"][dst_slot]["link"] == link_id
         assert link_id in (nodes[src]["outputs"][src_slot]["links"] or [])
     for node in wf["nodes"]:
         inputs, outs = _signature(nodes_map, node["type"])
@@ -120,7 +121,7 @@ def test_api_workflow_matches_its_ui_twin(path, comfy_pack):
             if _is_link_type(kind) and name in node["inputs"]:
                 src, slot = node["inputs"][name]
                 _, outs = _signature(nodes_map, api[src]["class_type"])
-                assert outs[slot] == kind, f"{node_id}.{name}: {api[src]['class_type']}[{slot}] is {outs[slot]}"
+                assert kind == "*" or outs[slot] == kind, f"{node_id}.{name}: {api[src]['class_type']}[{slot}] is {outs[slot]}"
         widget_names = []
         for n, k, o, _ in inputs:
             if not _is_link_type(k) and k != "UPLOAD":
@@ -149,3 +150,53 @@ def test_templates_folder_mirrors_the_ui_workflows():
     # Other folder names ComfyUI scans for templates must not hold JSON, or templates appear twice.
     for name in ("example", "examples", "workflow", "workflows"):
         assert not list((ROOT / name).glob("*.json")), name
+
+
+# The frontend these layouts were checked in (ComfyUI frontend 1.27.10, read from its bundle and measured in headless
+# Chromium at 1920x1080, device pixel ratio 1): the canvas is 1856 x 1002 px (side bar 64 px, top bars 78 px); "fit
+# view" leaves a quarter of it as margin (a 1840 px wide graph fits at 0.748); nodes switch to blank low-detail boxes
+# below zoom LiteGraph.Canvas.MinFontSizeForLOD (8) / NODE_TEXT_SIZE (14) = 0.571. Node titles sit 30 px above pos.
+CANVAS = (1856, 1002)
+FIT_MARGIN = 0.75
+DETAIL_ZOOM = 8 / 14
+TITLE_HEIGHT = 30
+# Smallest body heights the frontend computes for the nodes (LiteGraph computeSize), image nodes with a preview.
+MIN_HEIGHT = {"LoadImage": 326, "BFRDetectFaces": 218, "BFRDiffusionRestore": 282, "BFRRestoreFaces": 258,
+              "BFRIdentityGuidance": 214, "BFRPasteFaces": 170}
+
+
+def _rects(wf):
+    return [(n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1], n)
+            for n in wf["nodes"]]
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_ui_workflow_is_readable_at_fit_to_view(path):
+    """No two nodes overlap (title bars included, 20 px apart at least), each node is as tall as its widgets need,
+    and fit-to-view in a 1920x1080 window shows the graph above the frontend's detail threshold."""
+    wf = json.loads(path.read_text())
+    rects = _rects(wf)
+    for i, (x0, y0, x1, y1, a) in enumerate(rects):
+        assert a["size"][1] >= MIN_HEIGHT.get(a["type"], 0), f"{a['type']} is shorter than its widgets"
+        for u0, v0, u1, v1, b in rects[i + 1:]:
+            apart = x1 + 20 <= u0 or u1 + 20 <= x0 or y1 + 20 <= v0 or v1 + 20 <= y0
+            assert apart, f"node {a['id']} ({a['type']}) overlaps node {b['id']} ({b['type']})"
+    width = max(r[2] for r in rects) - min(r[0] for r in rects)
+    height = max(r[3] for r in rects) - min(r[1] for r in rects)
+    zoom = FIT_MARGIN * min(CANVAS[0] / width, CANVAS[1] / height)
+    assert zoom >= DETAIL_ZOOM + 0.05, f"fit-to-view zoom {zoom:.2f}: nodes would render as blank boxes"
+
+
+def test_every_template_has_a_thumbnail():
+    """The Templates dialog shows <name>.jpg beside each example_workflows/<name>.json (frontend 1.27.10)."""
+    for p in sorted((ROOT / "example_workflows").glob("*.json")):
+        jpg = p.with_suffix(".jpg")
+        assert jpg.is_file() and jpg.read_bytes()[:3] == b"\xff\xd8\xff", f"{jpg.name} missing or not a JPEG"
+
+
+def test_a_workflow_uses_every_node():
+    """Each of the pack's nodes appears in at least one shipped workflow (BFRFaceSimilarity: before/after)."""
+    used = {n["type"] for p in UI_FILES for n in json.loads(p.read_text())["nodes"]}
+    for node_id in ("BFRFaceSimilarity", "BFRIdentityGuidance", "BFRDiffusionRestore", "BFRRestoreFaces",
+                    "BFRPasteFaces", "BFRLoadFaceRecognizer"):
+        assert node_id in used, node_id
