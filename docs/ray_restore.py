@@ -23,7 +23,7 @@ class ArchiveRestorer:
 
     def __init__(self, out_dir: str, detector: str, prior: str | None = None, backbone: str | None = None,
                  strength: float = 0.4, steps: int | None = None, crop_size: int | None = None, seed: int = 0,
-                 device: str = "cpu", threads: int | None = None):
+                 device: str = "cpu", threads: int | None = None, dtype: str = "auto"):
         import torch
 
         import bfr_core as bfr
@@ -33,8 +33,9 @@ class ArchiveRestorer:
         self.out_dir, self.device, self.seed = Path(out_dir), device, seed
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.detector = bfr.load_detector(detector)
-        self.restorer = bfr.FaceRestorer(bfr.load_prior(prior, device=device) if prior else None,
-                                         bfr.load_restorer(backbone, device=device) if backbone else None,
+        # dtype "auto" as the CLI's default (bf16 on CPUs with native bf16), so results equal `restore`'s
+        self.restorer = bfr.FaceRestorer(bfr.load_prior(prior, device=device, dtype=dtype) if prior else None,
+                                         bfr.load_restorer(backbone, device=device, dtype=dtype) if backbone else None,
                                          strength=strength, steps=steps)
         self.crop_size = crop_size or self.restorer.crop_size
 
