@@ -24,7 +24,9 @@ from ..bfr_core.training.backbones import save_backbone
 from ..bfr_core.training.data import TensorPairs, split_holdout
 from ..bfr_core.training.finetune import FinetuneConfig, finetune_backbone
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import StepProgress, log, on_device, to_bchw, to_bhwc
+from .comfy_glue import log, to_bchw, to_bhwc
+from .memory import BACKWARD_FACTOR, PATCHER_ATTR, activation_bytes, models_loaded, patcher_of
+from .progress import RestoreProgress
 from .schema import Prior, Restorer, checked, node_schema
 
 
@@ -78,12 +80,15 @@ class BFRPseudoTargets(io.ComfyNode):
     def execute(cls, crops, prior, t_start, constrain_until, lowpass, seed, batch_size, restorer=None) -> io.NodeOutput:
         _check_chain(t_start, constrain_until)
         rgb, _ = split_alpha(to_bchw(crops))
-        modules = [m for m in (getattr(prior, "model", None), restorer) if isinstance(m, torch.nn.Module)]
         side = int(getattr(prior, "sample_size", rgb.shape[-1]))
-        with on_device(*modules, extra_bytes=batch_size * side * side * 4 * 64):
+        # the backbone, then the prior, run on batch_size faces at a time: the larger activation budget of the two
+        need = max(activation_bytes(restorer, batch_size, rgb.shape[-2], rgb.shape[-1]),
+                   activation_bytes(prior, batch_size, side, side))
+        # progress counts the prior's evaluations only (no backbone phase), so the bar gets no backbone
+        with models_loaded(prior, restorer, memory_required=need):
             targets = generate_pseudo_targets(rgb.cpu(), prior, restorer, t_start=t_start, lowpass=lowpass,
                                               constrain_until=constrain_until, seed=seed, batch_size=batch_size,
-                                              progress=StepProgress())
+                                              progress=RestoreProgress(rgb.shape[0], batch_size))
         if targets.shape[1] == 1:  # a gray prior's targets, as an RGB IMAGE
             targets = targets.repeat(1, 3, 1, 1)
         return io.NodeOutput(to_bhwc(targets))
@@ -93,7 +98,9 @@ def _trainable_copy(restorer: torch.nn.Module) -> torch.nn.Module:
     """A copy of a loaded backbone with ordinary tensors: the loader ran in inference mode, and inference tensors
     can neither be trained nor saved for backward. The loader's own object (cached by ComfyUI) stays as it was."""
     with torch.inference_mode(False):
-        clone = copy.deepcopy(restorer)
+        # the copy is trained outside ComfyUI's memory manager: it gets no patcher (nor a copy of the loader's)
+        clone = copy.deepcopy(restorer, memo={id(patcher_of(restorer)): None})
+        clone.__dict__.pop(PATCHER_ATTR, None)
         for module in clone.modules():
             for name, p in list(module._parameters.items()):
                 if p is not None:
@@ -200,9 +207,10 @@ class BFRAdaptRestorer(io.ComfyNode):
             val = TensorPairs(lq[val_idx], tg[val_idx]) if val_idx else None
         run = _run_folder(lq, tg, config, filename_prefix)
         side = int(lq.shape[-1])
-        with on_device(backbone, extra_bytes=batch_size * side * side * 4 * 256):
-            result = finetune_backbone(backbone, train, val, config, checkpoint_dir=run, progress=StepProgress(),
-                                       log=log.info)
+        need = BACKWARD_FACTOR * activation_bytes(backbone, batch_size, side, side)
+        with models_loaded(backbone, memory_required=need):
+            result = finetune_backbone(backbone, train, val, config, checkpoint_dir=run,
+                                       progress=RestoreProgress(steps, 1), log=log.info)
         origin = getattr(backbone, "origin", None)
         suffix = ".safetensors" if origin is None or origin.layout.format == "safetensors" else ".pth"
         path, name = _output_file(filename_prefix, result.step, suffix)
