@@ -132,8 +132,9 @@ def _sampling_inputs() -> dict[str, io.Input]:
                               tooltip="DDIM noise per step (DifFace: 0.5); ignored by DPM-Solver++."),
         "seed": io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Noise seed. Face i of the crops uses seed + i; with 'faces' connected, a face "
-                                     "uses seed + its index within its own image (as BFR Restore Faces), so a face's "
-                                     "result does not depend on the other images of the batch."),
+                                     "uses seed + its track id (BFR Track Faces: the same person gets the same noise in "
+                                     "every frame) or else its index within its own image (as BFR Restore Faces), so "
+                                     "a face's result does not depend on the other images of the batch."),
         "batch_size": io.Int.Input("batch_size", default=4, min=1, max=64,
                                    tooltip="Faces per UNet call; halves itself automatically on out-of-memory."),
     }
@@ -191,7 +192,8 @@ class BFRDiffusionRestore(io.ComfyNode):
                 *_sampling_inputs().values(),
                 *_model_inputs(),
                 Faces.Input("faces", optional=True, tooltip="From BFR Align Faces (optional): seeds each face by its "
-                                                            "index within its own image, like BFR Restore Faces."),
+                                                            "track id (tracked video frames) or its index within its "
+                                                            "own image, like BFR Restore Faces."),
             ],
             outputs=[io.Image.Output(display_name="crops", tooltip="Restored crops, same order and size as the input.")],
             search=cls.SEARCH)
