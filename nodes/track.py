@@ -95,6 +95,9 @@ class BFRTrackFaces(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, smoothing: str, min_cutoff: float, beta: float, d_cutoff: float, fps: float,
                         process_noise: float, measurement_noise: float) -> bool | str:
+        # ComfyUI passes None for an input fed by a link (fps from Get Video Components): check the rest with the
+        # default frame rate; execute checks the linked value.
+        fps = 30.0 if fps is None else fps
         return checked(lambda: smoothing_options(smoothing, min_cutoff, beta, d_cutoff, fps, process_noise,
                                                  measurement_noise))
 

@@ -57,6 +57,7 @@ def test_track_node_refuses_bad_settings_at_queue_time(comfy_pack):
     assert validate_node(node, **ok) is True
     assert "method" in validate_node(node, **{**ok, "smoothing": "median"})
     assert "fps" in validate_node(node, **{**ok, "fps": 0.0})
+    assert validate_node(node, **{**ok, "fps": None}) is True  # fps fed by a link: ComfyUI validates with None
 
 
 def test_tracked_faces_restore_with_per_track_seeds_and_blend(comfy_pack):
