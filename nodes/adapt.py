@@ -74,7 +74,7 @@ class BFRPseudoTargets(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, t_start: int = DEFAULT_T_START, constrain_until: int = DEFAULT_CONSTRAIN_UNTIL,
                         **_) -> bool | str:
-        return checked(lambda: _check_chain(t_start, constrain_until))
+        return checked(lambda: _check_chain(t_start, constrain_until), t_start, constrain_until)
 
     @classmethod
     def execute(cls, crops, prior, t_start, constrain_until, lowpass, seed, batch_size, restorer=None) -> io.NodeOutput:
@@ -190,7 +190,8 @@ class BFRAdaptRestorer(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, learning_rate: float = 2e-5, learning_rate_end: float = 5e-6, **_) -> bool | str:
-        return checked(lambda: FinetuneConfig(lr=learning_rate, lr_min=learning_rate_end).check())
+        return checked(lambda: FinetuneConfig(lr=learning_rate, lr_min=learning_rate_end).check(),
+                       learning_rate, learning_rate_end)
 
     @classmethod
     def execute(cls, restorer, crops, targets, steps, batch_size, learning_rate, learning_rate_end, seed, precision,

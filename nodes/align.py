@@ -95,6 +95,8 @@ class BFRPasteFaces(io.ComfyNode):
     def validate_inputs(cls, mask: str, parsing_model: str) -> bool | str:
         """mask=parsing without a parsing model is refused before the run. Declaring these inputs turns off
         ComfyUI's own list check for them, so it is done here."""
+        if mask is None or parsing_model is None:  # fed by a link: checked when the node runs
+            return True
         if mask not in MASK_MODES:
             return f"mask must be one of {MASK_MODES}, got {mask!r}"
         if mask == "parsing" and parsing_model == "none":

@@ -41,7 +41,7 @@ class BFRLoadFaceDetector(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, model_name: str) -> bool | str:
         """A missing file is named with its folder at queue time, instead of ComfyUI's bare "Value not in list"."""
-        return checked(lambda: model_path("facedetection", model_name))
+        return checked(lambda: model_path("facedetection", model_name), model_name)
 
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
@@ -115,7 +115,7 @@ class BFRDetectFaces(io.ComfyNode):
     def validate_inputs(cls, select: str, indices: str) -> bool | str:
         """A bad selection is refused before the run (an out-of-range index is only known per image). Declaring
         `select` here turns off ComfyUI's own list check for it, so DetectOptions checks it."""
-        return checked(lambda: DetectOptions(select=select, indices=indices))
+        return checked(lambda: DetectOptions(select=select, indices=indices), select, indices)
 
     @classmethod
     def execute(cls, image, detector, score_threshold, min_face_size, select, indices, sort_by,

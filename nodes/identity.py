@@ -96,7 +96,7 @@ class BFRLoadFaceRecognizer(io.ComfyNode):
     def validate_inputs(cls, model_name: str) -> bool | str:
         """Any spelling of a file that exists passes (both insightface layouts, a bare file name); a missing one is
         named with the folders to put it in, at queue time, instead of ComfyUI's bare "Value not in list"."""
-        return checked(lambda: recognizer_path(model_name))
+        return checked(lambda: recognizer_path(model_name), model_name)
 
     @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
@@ -151,7 +151,8 @@ class BFRIdentityGuidance(io.ComfyNode):
     def validate_inputs(cls, start: float, end: float) -> bool | str:
         """end > start (or either outside [0, 1]) is refused before the run, with the library's message. Only
         start and end are declared: declared inputs lose ComfyUI's own min/max check, strength and fidelity keep it."""
-        return checked(lambda: check_guidance_settings(strength=0.0, fidelity=0.0, start=start, end=end))
+        return checked(lambda: check_guidance_settings(strength=0.0, fidelity=0.0, start=start, end=end),
+                       start, end)
 
     @classmethod
     def execute(cls, recognizer, strength, start, end, mask_mode, fidelity=0.0, reference=None, detector=None,

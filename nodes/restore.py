@@ -68,7 +68,7 @@ class BFRLoadDiffusionPrior(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, model_name: str) -> bool | str:
         """A missing file is named with its folder at queue time, instead of ComfyUI's bare "Value not in list"."""
-        return checked(lambda: _prior_path(model_name))
+        return checked(lambda: _prior_path(model_name), model_name)
 
     @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:
@@ -105,7 +105,8 @@ class BFRLoadRestorer(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, model_name: str) -> bool | str:
         """A missing file is named with its folder at queue time, instead of ComfyUI's bare "Value not in list"."""
-        return True if model_name == "none" else checked(lambda: model_path("facerestore_models", model_name))
+        return True if model_name == "none" else checked(lambda: model_path("facerestore_models", model_name),
+                                                                          model_name)
 
     @classmethod
     def execute(cls, model_name: str, dtype: str) -> io.NodeOutput:

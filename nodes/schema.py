@@ -48,9 +48,12 @@ def node_schema(node_id: str, display_name: str, description: str, inputs: list,
                      inputs=inputs, outputs=outputs, **extra)
 
 
-def checked(check: Callable[[], object]) -> bool | str:
+def checked(check: Callable[[], object], *values: object) -> bool | str:
     """validate_inputs' answer: True, or the message of the ValueError the check raised (ComfyUI shows it on the
-    node before anything runs)."""
+    node before anything runs). `values`: the inputs the check reads; one fed by a link arrives as None at queue time
+    (its node has not run yet), and then the check waits for execute, which checks again."""
+    if any(v is None for v in values):
+        return True
     try:
         check()
     except (ValueError, FileNotFoundError) as err:

@@ -99,7 +99,8 @@ class BFRTrackFaces(io.ComfyNode):
         # default frame rate; execute checks the linked value.
         fps = 30.0 if fps is None else fps
         return checked(lambda: smoothing_options(smoothing, min_cutoff, beta, d_cutoff, fps, process_noise,
-                                                 measurement_noise))
+                                                 measurement_noise),
+                       smoothing, min_cutoff, beta, d_cutoff, process_noise, measurement_noise)
 
     @classmethod
     def execute(cls, image, detections, smoothing, fps, min_cutoff, beta, d_cutoff, process_noise,
@@ -146,7 +147,7 @@ class BFRBlendFaceTracks(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, blend: float) -> bool | str:
-        return checked(lambda: TrackMemory(blend=blend))
+        return checked(lambda: TrackMemory(blend=blend), blend)
 
     @classmethod
     def execute(cls, crops, faces, blend, max_gap) -> io.NodeOutput:

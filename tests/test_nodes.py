@@ -389,3 +389,25 @@ def test_bad_settings_are_refused_before_the_run(comfy_pack):
     assert "mask must be one of" in validate_node(paste, mask="circle", parsing_model="none")
     with pytest.raises(ValueError, match="validation refused"):
         run_node(guidance, None, 1.0, 0.2, 0.5, "features", 0.0)  # refused before execute would see the recognizer
+
+
+def test_validate_inputs_accepts_linked_inputs(comfy_pack):
+    """ComfyUI validates a prompt before any node runs: an input fed by a link reaches validate_inputs as None
+    (execution.get_input_data marks it missing). No node may refuse or crash on that — the shipped video workflow
+    links fps — and the same check still refuses a bad widget value."""
+    import inspect
+
+    from comfy_api.internal import first_real_override
+
+    checked_nodes = 0
+    for node_id, cls in comfy_pack.NODE_CLASS_MAPPINGS.items():
+        func = first_real_override(cls, "validate_inputs")
+        if func is None:
+            continue
+        declared = [a for a in inspect.getfullargspec(func).args if a != "cls"]
+        assert validate_node(cls, **dict.fromkeys(declared)) is True, node_id  # every declared input linked
+        checked_nodes += 1
+    assert checked_nodes >= 8
+    guidance = comfy_pack.NODE_CLASS_MAPPINGS["BFRIdentityGuidance"]
+    assert validate_node(guidance, start=None, end=0.5) is True  # start linked: checked when the node runs
+    assert isinstance(validate_node(guidance, start=0.2, end=0.5), str)  # both widgets: end > start refused
