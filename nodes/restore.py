@@ -54,7 +54,7 @@ class BFRLoadDiffusionPrior(io.ComfyNode):
         # Likely priors first, so the default is one (the folder also holds backbones and recognizers).
         files = sorted(list_models("facerestore_models", WEIGHT_SUFFIXES), key=lambda f: (not _looks_like_prior(f), f))
         return node_schema(
-            "BFRLoadDiffusionPrior", "BFR Load Diffusion Prior",
+            "BFRLoadDiffusionPrior", "BFR Load Diffusion Prior (DifFace)",
             "Loads a face diffusion prior from ComfyUI/models/facerestore_models: DifFace's "
             "iddpm_ffhq512_ema500000.pth (as released, or converted to .safetensors), or a diffusers UNet2DModel "
             "folder (pick its diffusion_pytorch_model file).",
@@ -91,7 +91,7 @@ class BFRLoadRestorer(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return node_schema(
-            "BFRLoadRestorer", "BFR Load Restorer",
+            "BFRLoadRestorer", "BFR Load Restorer (SwinIR, GFPGAN, RestoreFormer)",
             "Loads the restoration backbone whose estimate the prior refines: DifFace's swinir_restoration512_L1.pth, "
             "or GFPGAN v1.4 / RestoreFormer++ files you already have (loaded through spandrel). 'none' uses the "
             "low-quality crop itself.",
@@ -184,7 +184,7 @@ class BFRDiffusionRestore(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return node_schema(
-            "BFRDiffusionRestore", "BFR Diffusion Restore",
+            "BFRDiffusionRestore", "BFR Diffusion Restore (DifFace)",
             "Restores aligned face crops with a diffusion prior (DifFace): the backbone's estimate is noised to an "
             "intermediate step set by 'strength' and denoised by the prior. All faces of all images run batched.",
             inputs=[
@@ -222,7 +222,7 @@ class BFRRestoreFaces(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         sampling = _sampling_inputs()
         return node_schema(
-            "BFRRestoreFaces", "BFR Restore Faces (all in one)",
+            "BFRRestoreFaces", "BFR Restore Faces (all in one, DifFace)",
             "All in one: detect every face, align, restore with the diffusion prior, paste back. Outputs the image "
             "and the mask of restored faces. Images without faces pass through.",
             inputs=[

@@ -411,3 +411,12 @@ def test_validate_inputs_accepts_linked_inputs(comfy_pack):
     guidance = comfy_pack.NODE_CLASS_MAPPINGS["BFRIdentityGuidance"]
     assert validate_node(guidance, start=None, end=0.5) is True  # start linked: checked when the node runs
     assert isinstance(validate_node(guidance, start=0.2, end=0.5), str)  # both widgets: end > start refused
+
+
+def test_node_search_finds_the_pack_by_what_users_type(comfy_pack):
+    """Frontend 1.27.10's node search (NodeSearchService) matches the node's name and display_name only, and
+    ComfyUI 0.3.64 sends no search aliases: the words users search for must be in the display names."""
+    fields = [f"{node_id} {cls.GET_NODE_INFO_V1()['display_name']}".lower()
+              for node_id, cls in comfy_pack.NODE_CLASS_MAPPINGS.items()]
+    for query in ("difface", "gfpgan", "restoreformer", "swinir", "restore", "face"):
+        assert any(query in f for f in fields), query
