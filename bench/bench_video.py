@@ -5,23 +5,26 @@ camera move (cosine-eased pan of --shift px and zoom of --zoom×, tests/video_cl
 (blur, noise, JPEG). The true landmarks of every frame are YuNet's landmarks on the clean photo mapped through the
 known move. Printed:
 
-1. Landmarks, raw per-frame detections vs the smoothed tracks (One-Euro, default settings):
+1. Landmarks, raw per-frame detections vs the smoothed tracks (default settings of each smoother: One-Euro, causal
+   Kalman, Kalman + RTS backward pass over 15 look-ahead frames):
    jitter     RMS of the frame-to-frame change of the landmark error (px): shaking, not the constant offset
    TLME       mean |Δ landmark − Δ truth| over consecutive frames (px; PGTFormer's temporal landmark error, here on
               the landmarks that drive alignment)
    error      mean |landmark − truth| (px): accuracy, including any lag
 2. Restoration with the analytic prior (exact denoiser of the clip's own clean aligned faces plus the 4 aligned test
    faces and mirrors; tests/analytic_prior.py), frame by frame (today's path: per-frame detections, seed + face index)
-   vs the video path (`restore_clip`: tracks, smoothed landmarks, per-track seeds; optionally --blend):
+   vs the video path (`restore_clip`: tracks, smoothed landmarks, per-track seeds; optionally --blend; and with the
+   kalman_rts look-ahead smoother):
    flicker    mean |frame t − frame t−1| of the face region (8-bit levels) after undoing the known camera move
    PSNR       per-frame PSNR (dB) of the face region against the clean frame, both with the move undone
    TLME       of YuNet's landmarks detected on the restored frames
    The clean clip's own flicker (resampling only) is the floor.
 3. Throughput and memory against clip length: each length in a fresh process, streamed from an mp4 file through
    `read_video` → `restore_clip` → `VideoWriter` in chunks of --chunk frames; frames/s and the peak resident memory
-   while streaming (sampled every 20 ms) over the resident memory after the models are loaded.
+   while streaming (sampled every 20 ms) over the resident memory after the models are loaded, with --smoother.
 
     PYTHONPATH=. python bench/bench_video.py [--frames 32] [--size 128] [--lengths 16 48] [--blend 0.5]
+                                             [--smoother one_euro|kalman|kalman_rts]
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ from video_clips import (apply_transforms, degrade_frames, pan_zoom_frames, pan_
 from bfr_core.faces.align import align_faces  # noqa: E402
 from bfr_core.faces.detection.batch import detect_faces  # noqa: E402
 from bfr_core.faces.detection.yunet import YuNetDetector  # noqa: E402
-from bfr_core.faces.smoothing import SmoothingOptions  # noqa: E402
+from bfr_core.faces.smoothing import SMOOTHING_METHODS, SmoothingOptions  # noqa: E402
 from bfr_core.faces.tracking import FaceTracker, track_faces  # noqa: E402
 from bfr_core.restoration.pipeline import restore_images  # noqa: E402
 from bfr_core.restoration.restorer import FaceRestorer  # noqa: E402
@@ -137,17 +140,24 @@ def run_quality(args) -> None:
     dets = detect_faces(detector, frames_t, chunk=8)
     t_detect = time.perf_counter() - t0
     raw = landmark_figures(per_face(dets, truth), truth)
-    t0 = time.perf_counter()
-    smooth_dets = track_faces(dets, smoothing=SmoothingOptions(fps=args.fps))
-    t_track = time.perf_counter() - t0
-    smooth = landmark_figures(per_face(smooth_dets, truth), truth)
+    rows_lm = {"raw per-frame detection": raw}
     print("\n1. landmarks against the known motion (px)")
-    print(f"   {'':24s} {'jitter':>8s} {'TLME':>8s} {'error':>8s} {'found':>6s}")
-    for name, f in (("raw per-frame detection", raw), ("smoothed track", smooth)):
-        print(f"   {name:24s} {f['jitter']:8.3f} {f['tlme']:8.3f} {f['error']:8.3f} {f['found']:6.0%}")
-    print(f"   jitter {raw['jitter'] / smooth['jitter']:.2f}x lower, TLME {raw['tlme'] / smooth['tlme']:.2f}x lower "
-          f"(target >= 3x); tracking + smoothing {1000 * t_track / args.frames:.2f} ms/frame, detection "
-          f"{1000 * t_detect / args.frames:.1f} ms/frame")
+    for method in SMOOTHING_METHODS:
+        t0 = time.perf_counter()
+        tracked = track_faces(dets, smoothing=SmoothingOptions(fps=args.fps, method=method))
+        t_track = time.perf_counter() - t0
+        rows_lm[f"{method} track"] = landmark_figures(per_face(tracked, truth), truth)
+        rows_lm[f"{method} track"]["ms"] = 1000 * t_track / args.frames
+        if method == "one_euro":
+            smooth_dets = tracked
+    print(f"   {'':24s} {'jitter':>8s} {'TLME':>8s} {'error':>8s} {'found':>6s} {'ms/frame':>9s}")
+    for name, f in rows_lm.items():
+        print(f"   {name:24s} {f['jitter']:8.3f} {f['tlme']:8.3f} {f['error']:8.3f} {f['found']:6.0%} "
+              f"{f.get('ms', float('nan')):9.2f}")
+    for name, f in list(rows_lm.items())[1:]:
+        print(f"   {name}: jitter {raw['jitter'] / f['jitter']:.2f}x lower, TLME {raw['tlme'] / f['tlme']:.2f}x "
+              f"lower (target >= 3x)")
+    print(f"   detection {1000 * t_detect / args.frames:.1f} ms/frame")
     ids = sorted({int(i) for d in smooth_dets for i in d.track_ids})
     print(f"   track ids over the clip: {ids}")
 
@@ -168,12 +178,13 @@ def run_quality(args) -> None:
     out = [restore_images(c, None, restorer, crop_size=args.size, seed=0, detections=dets[i * args.chunk:][:len(c)])
            .images for i, c in enumerate(chunks())]
     rows["frame by frame"] = (torch.cat(out), time.perf_counter() - t0)
-    variants = [("video path", TrackMemory(color=0.5))]
+    variants = [("video path", TrackMemory(color=0.5), "one_euro")]
     if args.blend > 0:
-        variants.append((f"video path, blend {args.blend:g}", TrackMemory(blend=args.blend, color=0.5)))
-    for name, memory in variants:
+        variants.append((f"video path, blend {args.blend:g}", TrackMemory(blend=args.blend, color=0.5), "one_euro"))
+    variants.append(("video path, kalman_rts", TrackMemory(color=0.5), "kalman_rts"))
+    for name, memory, method in variants:
         t0 = time.perf_counter()
-        tracker = FaceTracker(smoothing=SmoothingOptions(fps=args.fps))
+        tracker = FaceTracker(smoothing=SmoothingOptions(fps=args.fps, method=method))
         out = [r.images for r in restore_clip(chunks(), detector, restorer, crop_size=args.size, seed=0,
                                               tracker=tracker, temporal=memory)]
         rows[name] = (torch.cat(out), time.perf_counter() - t0)
@@ -191,15 +202,18 @@ def run_quality(args) -> None:
         f["tlme"] = landmark_figures(per_face(detect_faces(detector, images, chunk=8), truth), truth)["tlme"]
         figures[name] = f
         print(f"   {name:28s} {f['flicker']:8.3f} {f['psnr']:8.2f} {f['tlme']:8.3f} {args.frames / seconds:9.2f}")
-    base, video = figures["frame by frame"], figures["video path"]
-    print(f"   video path: flicker {base['flicker'] / video['flicker']:.2f}x lower (target >= 2x), "
-          f"PSNR {video['psnr'] - base['psnr']:+.2f} dB, TLME {base['tlme'] / video['tlme']:.2f}x lower")
+    base = figures["frame by frame"]
+    for name in ("video path", "video path, kalman_rts"):
+        video = figures[name]
+        print(f"   {name}: flicker {base['flicker'] / video['flicker']:.2f}x lower (target >= 2x), "
+              f"PSNR {video['psnr'] - base['psnr']:+.2f} dB (target >= 0), TLME {base['tlme'] / video['tlme']:.2f}x "
+              f"lower")
     print("   (the analytic prior takes a face to the same clean face from any noise, so per-track noise and blending "
           "change nothing here:\n    the difference is the steady landmarks; PSNR is bounded by the detector's "
           "landmark error, which moves the pasted face)")
 
 
-def run_child(path: str, frames: int, size: int, chunk: int, fps: float) -> None:
+def run_child(path: str, frames: int, size: int, chunk: int, fps: float, smoother: str) -> None:
     """One streamed restore of a clip file; prints JSON: frames/s and peak RSS growth (MiB) during the run."""
     from bfr_core.io.video import VideoWriter, read_video
 
@@ -227,13 +241,15 @@ def run_child(path: str, frames: int, size: int, chunk: int, fps: float) -> None
 
     def chunks():
         for c, pts in read_video(path, chunk):
-            stamps.append(pts)
+            stamps.extend(pts)
             yield c
 
     with VideoWriter(out, path) as writer:
-        tracker = FaceTracker(smoothing=SmoothingOptions(fps=fps))
+        tracker = FaceTracker(smoothing=SmoothingOptions(fps=fps, method=smoother))
         for res in restore_clip(chunks(), detector, restorer, crop_size=size, tracker=tracker):
-            writer.write(res.images, stamps.pop(0))
+            n = res.images.shape[0]  # a look-ahead smoother's results trail the chunks
+            writer.write(res.images, stamps[:n])
+            del stamps[:n]
     seconds = time.perf_counter() - t0
     done.set()
     peak = max(peak[0], rss_mib())
@@ -241,8 +257,8 @@ def run_child(path: str, frames: int, size: int, chunk: int, fps: float) -> None
 
 
 def run_lengths(args) -> None:
-    print(f"\n3. streamed file restore (mp4 → mp4, chunks of {args.chunk} frames, {args.size} px analytic prior), "
-          f"each length in a fresh process")
+    print(f"\n3. streamed file restore (mp4 → mp4, chunks of {args.chunk} frames, {args.size} px analytic prior, "
+          f"{args.smoother} smoothing), each length in a fresh process")
     print(f"   {'frames':>7s} {'frames/s':>9s} {'peak RSS MiB':>13s} {'growth MiB':>11s}  (during the stream, over "
           f"the RSS after loading)")
     with tempfile.TemporaryDirectory(prefix="bench_video_") as tmp:
@@ -251,7 +267,8 @@ def run_lengths(args) -> None:
             path = Path(tmp) / f"clip{n}.mp4"
             write_clip(path, degraded, fps=int(args.fps), audio=True)
             proc = subprocess.run([sys.executable, __file__, "--child", str(path), "--frames", str(n), "--size",
-                                   str(args.size), "--chunk", str(args.chunk), "--fps", str(args.fps)],
+                                   str(args.size), "--chunk", str(args.chunk), "--fps", str(args.fps),
+                                   "--smoother", args.smoother],
                                   capture_output=True, text=True, check=True)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"   {n:7d} {r['fps']:9.2f} {r['peak']:13.0f} {r['rss_growth']:11.1f}")
@@ -269,12 +286,14 @@ def main() -> None:
     ap.add_argument("--blend", type=float, default=0.5, help="also run the video path with this temporal blend")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--lengths", type=int, nargs="*", default=[16, 48])
+    ap.add_argument("--smoother", choices=SMOOTHING_METHODS, default="one_euro",
+                    help="landmark smoothing of the streamed restore (part 3)")
     ap.add_argument("--no-quality", action="store_true", help="only the throughput/memory part")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.child:
-        return run_child(args.child, args.frames, args.size, args.chunk, args.fps)
+        return run_child(args.child, args.frames, args.size, args.chunk, args.fps, args.smoother)
     if not args.no_quality:
         run_quality(args)
     if args.lengths:

@@ -114,12 +114,15 @@ def _add_track_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--beta", type=_number(float, 0.0), default=4.0,
                    help="One-Euro speed coefficient (per face size per second): higher = less lag (default 4)")
     g.add_argument("--d-cutoff", type=_number(float, 1e-3), default=1.0, help="One-Euro speed cutoff in Hz (1)")
-    g.add_argument("--smoother", choices=("one_euro", "kalman"), default="one_euro",
-                   help="landmark filter: one_euro (default) or kalman (constant velocity: no lag on steady pans)")
+    g.add_argument("--smoother", choices=("one_euro", "kalman", "kalman_rts"), default="kalman_rts",
+                   help="landmark filter: kalman_rts (default: constant-velocity Kalman plus a backward pass over "
+                        "--lookahead later frames, no lag), one_euro or kalman (causal: they trail speed changes)")
     g.add_argument("--process-noise", type=_number(float, 1e-6), default=0.5,
                    help="kalman: acceleration noise in face sizes/s² (higher follows speed changes sooner; 0.5)")
     g.add_argument("--measurement-noise", type=_number(float, 1e-6), default=0.01,
                    help="kalman: landmark noise in face sizes (default 0.01)")
+    g.add_argument("--lookahead", type=_number(int, 0), default=15,
+                   help="kalman_rts: later frames each frame's landmarks use (default 15; output trails by as many)")
     g.add_argument("--max-gap", type=_number(int, 0), default=30,
                    help="frames a face may be missing and keep its track id when it comes back (default 30)")
 
@@ -130,7 +133,7 @@ def _tracker(args: argparse.Namespace, fps: float = 30.0):
     from .faces.tracking import FaceTracker, TrackOptions
 
     smoothing = SmoothingOptions(args.min_cutoff, args.beta, args.d_cutoff, fps, args.smoother, args.process_noise,
-                                 args.measurement_noise) if args.smooth else None
+                                 args.measurement_noise, args.lookahead) if args.smooth else None
     return FaceTracker(TrackOptions(max_gap=args.max_gap), smoothing)
 
 
@@ -153,6 +156,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     out = []
     unreadable: list[str] = []
     series = _tracker(args) if args.series else None
+    waiting: list = []  # (JSON entry, detections) of series images whose tracked faces are not final yet
     for path in args.images:
         if _is_video(path):
             try:
@@ -165,8 +169,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if img is None:
             continue
         dets = detect_faces(detector, img.rgb[None], _options(args))[0]
-        faces = dets.to_json() if series is None else _tracked_json(dets, series.update(dets))
-        out.append({"image": str(path), "width": img.rgb.shape[2], "height": img.rgb.shape[1], "faces": faces})
+        out.append({"image": str(path), "width": img.rgb.shape[2], "height": img.rgb.shape[1],
+                    "faces": dets.to_json()})
+        if series is not None:
+            waiting.append((out[-1], dets))
+            _fill_tracked(waiting, series.push(dets))
+    if series is not None:
+        _fill_tracked(waiting, series.flush())
     if args.json:
         print(json.dumps(out, indent=1))
     else:
@@ -183,6 +192,14 @@ def _tracked_json(detected, tracked) -> list[dict]:
     return faces
 
 
+def _fill_tracked(waiting: list, tracked: list) -> None:
+    """Sets the tracked faces of the oldest waiting (JSON entry, detections) pairs, one per tracked frame (a
+    look-ahead smoother gives them frames late)."""
+    for t in tracked:
+        entry, dets = waiting.pop(0)
+        entry["faces"] = _tracked_json(dets, t)
+
+
 def _detect_video(path: str, detector, args: argparse.Namespace) -> list[dict]:
     """One JSON entry per frame of a video file: its faces with track ids and smoothed landmarks."""
     from .faces.detection.batch import detect_faces
@@ -190,14 +207,15 @@ def _detect_video(path: str, detector, args: argparse.Namespace) -> list[dict]:
 
     info = probe_video(path)
     tracker = _tracker(args, float(info.fps))
-    out, index = [], 0
+    out, waiting = [], []
     for frames, pts in read_video(path, args.chunk_frames):
         for dets, stamp in zip(detect_faces(detector, frames.to(args.device), _options(args)), pts):
-            out.append({"video": str(path), "frame": index,
+            out.append({"video": str(path), "frame": len(out),
                         "time": None if stamp is None else round(float(stamp * info.time_base), 4),
-                        "width": info.width, "height": info.height,
-                        "faces": _tracked_json(dets, tracker.update(dets))})
-            index += 1
+                        "width": info.width, "height": info.height, "faces": []})
+            waiting.append((out[-1], dets))
+            _fill_tracked(waiting, tracker.push(dets))
+    _fill_tracked(waiting, tracker.flush())
     return out
 
 
@@ -333,6 +351,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     series = _tracker(args) if args.series else None
     memory = _track_memory(args) if args.series else None
+    waiting: list = []  # series images whose tracked faces are not final yet
+
+    def restore_one(path, target, img, rgb, detections) -> int:
+        res = restore_images(rgb, detector, restorer, _options(args), paste, crop_size=crop_size, seed=args.seed,
+                             detections=None if detections is None else [detections], temporal=memory)
+        write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
+        print(f"{path}: {len(res.faces)} face(s) -> {target}")
+        return len(res.faces)
+
     for path, target in work:
         if skip_existing and target.exists():  # results are written atomically: an existing one is complete
             skipped += 1
@@ -353,17 +380,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
             continue
         # Anything failing from here on (models, a full disk) would fail for every image: it stops the run.
         rgb = img.rgb[None].to(args.device)
-        detections = None
-        if series is not None:
+        if series is None:
+            ready = [(path, target, img, rgb, None)]
+        else:  # a look-ahead smoother gives an image's tracked faces once the next images are in
             from .faces.detection.batch import detect_faces
 
-            detections = [series.update(detect_faces(detector, rgb, _options(args))[0])]
-        res = restore_images(rgb, detector, restorer, _options(args), paste, crop_size=crop_size, seed=args.seed,
-                             detections=detections, temporal=memory)
-        write_image(target, res.images[0], img.alpha, img.gray, img.bit_depth)
-        print(f"{path}: {len(res.faces)} face(s) -> {target}")
+            waiting.append((path, target, img, rgb))
+            ready = [(*waiting.pop(0), d) for d in series.push(detect_faces(detector, rgb, _options(args))[0])]
+        for item in ready:
+            faces += restore_one(*item)
+            done += 1
+    for item in [(*waiting.pop(0), d) for d in (series.flush() if series is not None else [])]:
+        faces += restore_one(*item)
         done += 1
-        faces += len(res.faces)
     _report_throughput(shard, len(work), done, faces, skipped, time.perf_counter() - start)
     return _report_unreadable(unreadable, len(work))
 
@@ -387,15 +416,17 @@ def _restore_video(path: str, target: Path, detector, restorer, paste, crop_size
 
     def frames_of():
         for frames, pts in chunks:
-            stamps.append(pts)
+            stamps.extend(pts)
             yield frames.to(args.device)
 
     frames = faces = 0
     with VideoWriter(target, path) as writer:
         for res in restore_clip(frames_of(), detector, restorer, _options(args), paste, crop_size, seed=args.seed,
                                 tracker=_tracker(args, float(info.fps)), temporal=_track_memory(args)):
-            writer.write(res.images, stamps.pop(0))
-            frames += res.images.shape[0]
+            n = res.images.shape[0]  # with a look-ahead smoother, results trail the chunks
+            writer.write(res.images, stamps[:n])
+            del stamps[:n]
+            frames += n
             faces += len(res.faces)
     return frames, faces
 

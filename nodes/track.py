@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..bfr_core.faces.smoothing import SMOOTHING_METHODS, SmoothingOptions
+from ..bfr_core.faces.smoothing import SmoothingOptions
 from ..bfr_core.faces.tracking import FaceTracker, TrackOptions
 from ..bfr_core.restoration.temporal import TrackMemory
 from ..bfr_core.utils.layout import split_alpha
@@ -15,6 +15,8 @@ from .detect import draw_detections
 from .schema import Detections, Faces, checked, node_schema
 
 NO_SMOOTHING = "none"
+# append-only: saved workflows store the choice by name; kalman_rts came after "none"
+SMOOTHING_CHOICES = ("one_euro", "kalman", NO_SMOOTHING, "kalman_rts")
 
 
 def track_colour(track: int) -> tuple[int, int, int]:
@@ -42,10 +44,10 @@ def draw_tracks(image: np.ndarray, dets) -> np.ndarray:
 
 
 def smoothing_options(smoothing: str, min_cutoff: float, beta: float, d_cutoff: float, fps: float,
-                      process_noise: float, measurement_noise: float) -> SmoothingOptions | None:
+                      process_noise: float, measurement_noise: float, lookahead: int = 15) -> SmoothingOptions | None:
     if smoothing == NO_SMOOTHING:
         return None
-    return SmoothingOptions(min_cutoff, beta, d_cutoff, fps, smoothing, process_noise, measurement_noise)
+    return SmoothingOptions(min_cutoff, beta, d_cutoff, fps, smoothing, process_noise, measurement_noise, lookahead)
 
 
 class BFRTrackFaces(io.ComfyNode):
@@ -62,9 +64,11 @@ class BFRTrackFaces(io.ComfyNode):
             inputs=[
                 io.Image.Input("image", tooltip="The frames the detections were made on, in order (any count)."),
                 Detections.Input("detections", tooltip="From BFR Detect Faces, on the same frames."),
-                io.Combo.Input("smoothing", options=[*SMOOTHING_METHODS, NO_SMOOTHING], default="one_euro",
-                               tooltip="Landmark filter: one_euro (steady when still, little lag when moving), "
-                                       "kalman (constant velocity: no lag on steady pans and zooms) or none."),
+                io.Combo.Input("smoothing", options=list(SMOOTHING_CHOICES), default="kalman_rts",
+                               tooltip="Landmark filter: kalman_rts (default: constant-velocity Kalman plus a "
+                                       "backward pass over the next 'lookahead' frames of the batch, no lag, "
+                                       "steadiest), one_euro (steady when still, trails when moving), kalman "
+                                       "(causal: no lag on steady pans, trails speed changes) or none."),
                 io.Float.Input("fps", default=30.0, min=1.0, max=240.0, step=0.01,
                                tooltip="Frame rate of the batch (Get Video Components gives it): the filters' "
                                        "time scale."),
@@ -83,6 +87,9 @@ class BFRTrackFaces(io.ComfyNode):
                                tooltip="kalman: the detector's landmark noise in face sizes."),
                 io.Int.Input("max_gap", default=30, min=0, max=10000,
                              tooltip="Frames a face may be missing and keep its id when it comes back."),
+                io.Int.Input("lookahead", default=15, min=0, max=10000, optional=True,
+                             tooltip="kalman_rts: later frames each frame's landmarks are smoothed with (the batch "
+                                     "holds them all; 0 = the causal kalman)."),
             ],
             outputs=[
                 Detections.Output(display_name="detections", tooltip="The same faces with track ids and smoothed "
@@ -94,30 +101,37 @@ class BFRTrackFaces(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, smoothing: str, min_cutoff: float, beta: float, d_cutoff: float, fps: float,
-                        process_noise: float, measurement_noise: float) -> bool | str:
+                        process_noise: float, measurement_noise: float, lookahead: int = 15) -> bool | str:
         # ComfyUI passes None for an input fed by a link (fps from Get Video Components): check the rest with the
         # default frame rate; execute checks the linked value.
         fps = 30.0 if fps is None else fps
         return checked(lambda: smoothing_options(smoothing, min_cutoff, beta, d_cutoff, fps, process_noise,
-                                                 measurement_noise),
-                       smoothing, min_cutoff, beta, d_cutoff, process_noise, measurement_noise)
+                                                 measurement_noise, lookahead),
+                       smoothing, min_cutoff, beta, d_cutoff, process_noise, measurement_noise, lookahead)
 
     @classmethod
     def execute(cls, image, detections, smoothing, fps, min_cutoff, beta, d_cutoff, process_noise,
-                measurement_noise, max_gap) -> io.NodeOutput:
+                measurement_noise, max_gap, lookahead=15) -> io.NodeOutput:
         if len(detections) != image.shape[0]:
             raise ValueError(f"the detections are for {len(detections)} frames but the image batch has "
                              f"{image.shape[0]}; connect the same IMAGE to Detect and Track")
         tracker = FaceTracker(TrackOptions(max_gap=max_gap),
                               smoothing_options(smoothing, min_cutoff, beta, d_cutoff, fps, process_noise,
-                                                measurement_noise))
+                                                measurement_noise, lookahead))
         progress = Progress(len(detections))
         tracked, previews = [], []
-        for b, dets in enumerate(detections):  # one frame at a time: the preview never holds a second copy
-            tracked.append(tracker.update(dets))
-            rgb = split_alpha(to_bchw(image[b:b + 1]))[0][0].movedim(0, -1).cpu().numpy()
-            previews.append(torch.from_numpy(draw_tracks(rgb, tracked[-1])))
-            progress(1)
+
+        def preview(ready) -> None:  # one frame at a time: the preview never holds a second copy
+            for dets in ready:
+                b = len(tracked)
+                tracked.append(dets)
+                rgb = split_alpha(to_bchw(image[b:b + 1]))[0][0].movedim(0, -1).cpu().numpy()
+                previews.append(torch.from_numpy(draw_tracks(rgb, dets)))
+                progress(1)
+
+        for dets in detections:
+            preview(tracker.push(dets))
+        preview(tracker.flush())
         count = tracker.next_id
         log.info("BFR Track Faces: %d track(s) over %d frame(s)", count, len(tracked))
         return io.NodeOutput(tracked, torch.stack(previews), count)

@@ -60,6 +60,32 @@ def test_track_node_refuses_bad_settings_at_queue_time(comfy_pack):
     assert validate_node(node, **{**ok, "fps": None}) is True  # fps fed by a link: ComfyUI validates with None
 
 
+def test_track_node_look_ahead_smoothing(comfy_pack):
+    """kalman_rts (appended after "none"; lookahead appended as the last input): every frame comes out once, in
+    order, with the library's fixed-lag smoothed landmarks; steadier than one_euro."""
+    from bfr_pack_under_test.bfr_core.faces.smoothing import SmoothingOptions
+    from bfr_pack_under_test.bfr_core.faces.tracking import track_faces
+    from bfr_pack_under_test.nodes.track import SMOOTHING_CHOICES
+
+    assert SMOOTHING_CHOICES == ("one_euro", "kalman", "none", "kalman_rts")  # append-only
+    node = comfy_pack.NODE_CLASS_MAPPINGS["BFRTrackFaces"]
+    frames, dets = _frames_and_detections(40)
+    args = (frames, dets, "kalman_rts", 24.0, 0.5, 4.0, 1.0, 0.5, 0.01, 30)
+    tracked, preview, count = run_node(node, *args, 8)
+    assert count == 2 and len(tracked) == 40 and preview.shape == frames.shape
+    want = track_faces(dets, smoothing=SmoothingOptions(fps=24.0, method="kalman_rts", lookahead=8))
+    assert all(torch.equal(a.landmarks, b.landmarks) and torch.equal(a.track_ids, b.track_ids)
+               for a, b in zip(tracked, want))
+    euro, _, _ = run_node(node, frames, dets, "one_euro", 24.0, 0.5, 4.0, 1.0, 0.5, 0.01, 30)
+    default, _, _ = run_node(node, *args)  # a workflow saved before lookahead existed: the default, 15
+    assert len(default) == 40
+    shake = lambda ds: torch.stack([  # noqa: E731  second difference of the left face's landmarks
+        ds[t].landmarks[int(torch.argmin(ds[t].boxes[:, 0]))] for t in range(40)]).diff(n=2, dim=0).norm(dim=-1).mean()
+    assert shake(tracked) * 2 < shake(euro)
+    assert "lookahead" in validate_node(node, smoothing="kalman_rts", min_cutoff=0.5, beta=4.0, d_cutoff=1.0,
+                                        fps=30.0, process_noise=0.5, measurement_noise=0.01, lookahead=-1)
+
+
 def test_tracked_faces_restore_with_per_track_seeds_and_blend(comfy_pack):
     """Detect → Track → Align → Diffusion Restore (faces connected) → Blend Face Tracks: a person's seed is
     seed + its track id in every frame; the blend is the per-track moving average of the restored crops."""

@@ -291,3 +291,112 @@ def test_kalman_follows_a_steady_pan_without_lag_and_removes_jitter():
     f.filter(torch.zeros(5, 2), 0.0)
     with pytest.raises(ValueError, match="time must increase"):
         f.filter(torch.zeros(5, 2), 0.0)
+
+
+# ------------------------------------------------------------------------------------------------ look-ahead (RTS)
+def _eased_pan(n: int, fps: float, g: torch.Generator, noise: float = 1.0):
+    """A face panning with cosine easing (it speeds up, then slows down: 60 px over n frames) and its noisy
+    landmarks: the truth [n, 5, 2] and the measurements."""
+    t = torch.arange(n, dtype=torch.float64)
+    move = 60 * (1 - torch.cos(math.pi * t / (n - 1))) / 2
+    truth = _face(100, 100)[1].double()[None] + torch.stack([move, move / 3], -1)[:, None]
+    return truth, truth + noise * torch.randn(truth.shape, generator=g, dtype=torch.float64)
+
+
+def test_rts_smoother_has_no_lag_and_removes_jitter():
+    """kalman_rts: no lag where the causal Kalman filter trails (a pan that speeds up), no lag on a steady ramp
+    either, jitter >= 3x lower than raw on the ramp and on a still face."""
+    from bfr_core.faces.smoothing import smooth_points
+
+    g = torch.Generator().manual_seed(3)
+    fps, n = 24.0, 48
+    truth, noisy = _eased_pan(n, fps, g)
+    causal = smooth_points(noisy, SmoothingOptions(fps=fps, method="kalman"), size=SIZE)
+    rts = smooth_points(noisy, SmoothingOptions(fps=fps, method="kalman_rts"), size=SIZE)
+    lag = lambda out: (out[:n // 2] - truth[:n // 2])[..., 0].mean()  # noqa: E731  signed, while speeding up
+    assert lag(causal) < -0.4 and abs(lag(rts)) < 0.25 and abs(lag(rts)) * 4 < abs(lag(causal))
+    jitter = lambda x: (x[1:] - x[:-1] - (truth[1:] - truth[:-1])).norm(dim=-1).mean()  # noqa: E731
+    assert jitter(rts) * 3 < jitter(causal) and jitter(rts) * 3 < jitter(noisy)
+    # Constant velocity: ~zero mean error over the ramp, jitter >= 3x lower than raw.
+    t = torch.arange(n, dtype=torch.float64)[:, None, None]
+    ramp = _face(100, 100)[1].double()[None] + torch.tensor([4.0, 1.5], dtype=torch.float64) * t
+    noisy = ramp + torch.randn(ramp.shape, generator=g, dtype=torch.float64)
+    out = smooth_points(noisy, SmoothingOptions(fps=fps, method="kalman_rts"), size=SIZE)
+    assert (out - ramp).mean((0, 1)).abs().max() < 0.15  # px, against 4 px of motion per frame
+    truth = ramp
+    assert jitter(out) * 3 < jitter(noisy)
+    # Still face: steadier than the raw landmarks and nearer the truth.
+    still = ramp[:1].expand(n, -1, -1) + torch.randn(n, 5, 2, generator=g, dtype=torch.float64)
+    out = smooth_points(still, SmoothingOptions(fps=fps, method="kalman_rts"), size=SIZE)
+    shake = lambda x: (x[1:] - x[:-1]).norm(dim=-1).mean()  # noqa: E731
+    assert shake(out) * 3 < shake(still)
+    assert (out - ramp[0]).norm(dim=-1).mean() < (still - ramp[0]).norm(dim=-1).mean() / 2
+
+
+def test_rts_fixed_lag_is_chunk_independent_and_matches_the_whole_clip():
+    """A frame's estimate uses the next `lookahead` frames only: chunked pushes equal one pass; with a look-ahead
+    of the whole clip it is the fixed-interval RTS smoother; lookahead 0 is the causal Kalman filter."""
+    from bfr_core.faces.smoothing import KalmanSmoother, rts_smooth, smooth_points
+
+    g = torch.Generator().manual_seed(4)
+    fps, n = 24.0, 40
+    _, noisy = _eased_pan(n, fps, g)
+    opts = SmoothingOptions(fps=fps, method="kalman_rts", lookahead=6)
+    whole = rts_smooth(noisy, opts, size=SIZE)
+    assert torch.allclose(smooth_points(noisy, SmoothingOptions(fps=fps, method="kalman_rts", lookahead=n),
+                                        size=SIZE), whole, atol=1e-9)
+    assert torch.allclose(smooth_points(noisy, SmoothingOptions(fps=fps, method="kalman_rts", lookahead=0),
+                                        size=SIZE), smooth_points(noisy, SmoothingOptions(fps=fps, method="kalman"),
+                                                                  size=SIZE), atol=1e-9)
+    fixed = smooth_points(noisy, opts, size=SIZE)
+    assert (fixed[-6:] - whole[-6:]).abs().max() < 1e-9  # the last frames see the whole rest of the clip
+    assert (fixed - whole).norm(dim=-1).mean() < 0.3  # 6 frames of look-ahead: near the whole clip's (1 px noise)
+    s = KalmanSmoother(opts)
+    assert len(s.states) == 0
+    with pytest.raises(ValueError, match="no measurement"):
+        s.pop()
+    # Through the tracker: two faces, chunks of any size, pushes trail by `lookahead` frames, flush gives the rest.
+    frames = []
+    for i in range(n):
+        d = _frame((150 + 2 * i, 150), (400, 150))
+        frames.append(FaceDetections(d.boxes, d.landmarks + torch.randn(2, 5, 2, generator=g), d.scores))
+    one = track_faces(frames, smoothing=opts)
+    assert len(one) == n
+    tracker = FaceTracker(smoothing=opts)
+    assert tracker.delay == 6
+    with pytest.raises(ValueError, match="push"):
+        tracker.update(frames[0])
+    chunked, sizes = [], []
+    for lo, hi in ((0, 3), (3, 17), (17, n)):
+        ready = [t for d in frames[lo:hi] for t in tracker.push(d)]
+        sizes.append(len(ready))
+        chunked += ready
+    chunked += tracker.flush()
+    assert sizes == [0, 11, 23] and len(chunked) == n
+    for a, b in zip(one, chunked):
+        assert torch.equal(a.landmarks, b.landmarks) and torch.equal(a.track_ids, b.track_ids)
+        assert torch.equal(a.boxes, b.boxes)
+    with pytest.raises(ValueError, match="lookahead"):
+        SmoothingOptions(method="kalman_rts", lookahead=-1)
+    assert FaceTracker(smoothing=SmoothingOptions(method="kalman", lookahead=6)).delay == 0
+    causal = FaceTracker(smoothing=SmoothingOptions(method="kalman_rts", lookahead=0))
+    assert causal.delay == 0 and len(causal.update(frames[0])) == 2
+    assert not isinstance(causal.tracks[0].smoother, KalmanSmoother)  # keeps no states
+
+
+def test_rts_tracks_with_gaps_and_new_faces():
+    """Faces that come and go inside the look-ahead window: every frame comes out once, in order, with its faces'
+    ids, and a face seen in a single frame keeps its detected landmarks."""
+    g = torch.Generator().manual_seed(5)
+    frames = []
+    for i in range(20):
+        centres = [(150 + i, 150)] + ([(400, 150)] if i % 5 else []) + ([(300, 400)] if i == 12 else [])
+        d = _frame(*centres)
+        frames.append(FaceDetections(d.boxes, d.landmarks + 0.5 * torch.randn(d.landmarks.shape, generator=g),
+                                     d.scores))
+    out = track_faces(frames, TrackOptions(max_gap=0), SmoothingOptions(method="kalman_rts", lookahead=4))
+    assert [len(d) for d in out] == [len(d) for d in frames]
+    lone = int(out[12].track_ids[-1])  # the face seen in one frame only
+    assert [i for i, d in enumerate(out) if lone in d.track_ids.tolist()] == [12]
+    assert torch.allclose(out[12].landmarks[-1], frames[12].landmarks[-1])
+    assert [int(d.track_ids[0]) for d in out] == [0] * 20

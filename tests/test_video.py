@@ -128,6 +128,41 @@ def test_cli_restores_a_video_file(face_clip, tmp_path, yunet_path, capsys):
     assert "10 frame(s)" in capsys.readouterr().out
 
 
+def test_look_ahead_smoothing_streams_like_one_pass(face_clip, tmp_path, yunet_path, capsys):
+    """kalman_rts in restore_clip: results trail the chunks by the look-ahead, every frame comes out once, and any
+    chunking gives the same frames as one chunk; the CLI writes every frame with its own timestamp."""
+    from bfr_core.faces.detection.yunet import YuNetDetector
+    from bfr_core.faces.smoothing import SmoothingOptions
+    from bfr_core.faces.tracking import FaceTracker
+    from bfr_core.io.video import read_video
+    from bfr_core.restoration.video import restore_clip
+
+    frames = torch.cat([c for c, _ in read_video(face_clip, 16)])
+    detector = YuNetDetector(yunet_path)
+    opts = SmoothingOptions(fps=24, method="kalman_rts", lookahead=3)
+
+    def run(sizes):
+        bounds = np.cumsum([0, *sizes])
+        chunks = (frames[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        results = list(restore_clip(chunks, detector, None, crop_size=64, tracker=FaceTracker(smoothing=opts)))
+        return [r.images.shape[0] for r in results], torch.cat([r.images for r in results])
+
+    counts, one = run([10])
+    assert counts == [7, 3]
+    counts, chunked = run([2, 4, 4])
+    assert counts == [3, 4, 3] and torch.equal(one, chunked)
+    out = tmp_path / "OUT"
+    assert main(["restore", str(face_clip), "-o", str(out), "--models-dir", str(yunet_path.parent), "--align-only",
+                 "--chunk-frames", "4", "--crop-size", "64", "--smoother", "kalman_rts", "--lookahead", "5"]) == 0
+    assert _streams(face_clip) == _streams(out / "clip.mp4")
+    assert "10 frame(s)" in capsys.readouterr().out
+    assert main(["detect", str(face_clip), "--models-dir", str(yunet_path.parent), "--json", "--chunk-frames", "3",
+                 "--smoother", "kalman_rts"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [e["frame"] for e in entries] == list(range(10))
+    assert all(sorted(f["track"] for f in e["faces"]) == [0, 1] for e in entries)
+
+
 def test_cli_detect_json_on_a_video(face_clip, yunet_path, capsys):
     code = main(["detect", str(face_clip), "--models-dir", str(yunet_path.parent), "--json", "--chunk-frames", "3"])
     assert code == 0
@@ -164,6 +199,12 @@ def test_cli_series_tracks_photos(tmp_path, yunet_path, capsys):
     assert main(["restore", *paths, "-o", str(tmp_path / "o"), "--models-dir", str(yunet_path.parent),
                  "--align-only", "--series", "--shard", "0/2"]) == 2
     assert "--series" in capsys.readouterr().err
+    # Restored as a series with the default look-ahead smoother (kalman_rts): every photo written, in order.
+    capsys.readouterr()
+    assert main(["restore", *paths, "-o", str(tmp_path / "r"), "--models-dir", str(yunet_path.parent),
+                 "--align-only", "--series", "--crop-size", "64"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()[:3]] == paths
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["shot0.png", "shot1.png", "shot2.png"]
 
 
 def test_pan_truth_helper_maps_points_like_the_frames():

@@ -9,17 +9,20 @@ A track missing from up to ``max_gap`` frames keeps its id when the face comes b
 Unmatched detections start new tracks with ids 0, 1, 2, … in order of appearance.
 
 The tracker is a stream (`FaceTracker.update` per frame, state kept between calls), so a long video can be
-processed chunk by chunk; `track_faces` runs it over a list of frames.
+processed chunk by chunk; `track_faces` runs it over a list of frames. With a look-ahead smoother (kalman_rts) a
+frame's landmarks are final only once the following ``lookahead`` frames are in: use ``push`` (per frame: the frames
+now final, in order, possibly none) and ``flush`` (at the end: the rest); they work with every method.
 """
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .smoothing import KalmanFilter, OneEuroFilter, SmoothingOptions, make_filter
+from .smoothing import KalmanFilter, KalmanSmoother, OneEuroFilter, SmoothingOptions, make_filter
 from .types import FaceDetections
 
 
@@ -115,8 +118,44 @@ class FaceTracker:
         self.tracks: dict[int, _Track] = {}
         self.frame = -1
         self.next_id = 0
+        # frames whose landmarks wait for their look-ahead: (detections, track ids, each face's smoother)
+        self.pending: deque[tuple[FaceDetections, list[int], list[KalmanSmoother | None]]] = deque()
+
+    @property
+    def delay(self) -> int:
+        """Frames by which ``push`` trails its input (the smoother's look-ahead; 0 for causal filters)."""
+        return 0 if self.smoothing is None else self.smoothing.delay
 
     def update(self, dets: FaceDetections) -> FaceDetections:
+        """The next frame's detections tracked and smoothed, at once (causal smoothing methods only)."""
+        if self.delay:
+            raise ValueError(f"the {self.smoothing.method} smoother needs later frames: use push() and flush()")
+        return self._track(dets)
+
+    def push(self, dets: FaceDetections) -> list[FaceDetections]:
+        """Adds the next frame; returns the frames whose landmarks are now final, in order (with a look-ahead of L
+        frames, frame k comes out when frame k + L goes in)."""
+        tracked = self._track(dets)
+        if not self.delay:
+            return [tracked]
+        out = []
+        while len(self.pending) > self.delay:
+            out.append(self._finish())
+        return out
+
+    def flush(self) -> list[FaceDetections]:
+        """The frames still waiting for their look-ahead (end of the stream), in order."""
+        return [self._finish() for _ in range(len(self.pending))]
+
+    def _finish(self) -> FaceDetections:
+        dets, ids, smoothers = self.pending.popleft()
+        landmarks = dets.landmarks.clone()
+        for j, s in enumerate(smoothers):
+            if s is not None:
+                landmarks[j] = s.pop().to(landmarks.dtype)
+        return FaceDetections(dets.boxes, landmarks, dets.scores, torch.tensor(ids, dtype=torch.long))
+
+    def _track(self, dets: FaceDetections) -> FaceDetections:
         self.frame += 1
         dets = dets.to("cpu")
         boxes, landmarks = dets.boxes.double(), dets.landmarks.double()
@@ -142,6 +181,8 @@ class FaceTracker:
                 if track.smoother is None:
                     track.smoother = make_filter(self.smoothing)
                 smoothed[j] = track.smoother.filter(landmarks[j], self.frame / self.smoothing.fps, sizes[j])
+        if self.delay:  # landmarks as detected until the look-ahead is in; each face's smoother kept with it
+            self.pending.append((dets, ids_out, [self.tracks[t].smoother for t in ids_out]))
         for tid in [t for t, tr in self.tracks.items() if self.frame - tr.last_frame > self.options.max_gap]:
             del self.tracks[tid]
         return FaceDetections(dets.boxes, smoothed.to(dets.landmarks.dtype), dets.scores,
@@ -152,4 +193,4 @@ def track_faces(detections: list[FaceDetections], options: TrackOptions | None =
                 smoothing: SmoothingOptions | None = SmoothingOptions()) -> list[FaceDetections]:
     """Tracks over the frames of a clip, in order (one `FaceDetections` per frame): ids and smoothed landmarks."""
     tracker = FaceTracker(options, smoothing)
-    return [tracker.update(d) for d in detections]
+    return [t for d in detections for t in tracker.push(d)] + tracker.flush()
