@@ -33,6 +33,7 @@ gradients give the one-process step. Only the main process validates and writes 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -217,6 +218,19 @@ def _check_resume(saved: dict[str, Any], now: dict[str, Any], folder: Path) -> N
                          f"settings and data to resume, or another checkpoint folder to start over")
 
 
+def _with_autograd(fn: Callable[..., FinetuneResult]) -> Callable[..., FinetuneResult]:
+    """Run ``fn`` with gradients on and outside inference mode: callers may run under no_grad (the CLI) or inference
+    mode (ComfyUI), and optimizer state and the graph need ordinary tensors."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> FinetuneResult:
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@_with_autograd
 def finetune_backbone(
     backbone: torch.nn.Module,
     train: Pairs,
@@ -242,27 +256,6 @@ def finetune_backbone(
     whose output gradients do not reach (ValueError/TypeError, before any step); out of memory at one face per
     micro-batch (RuntimeError saying what to change).
     """
-    # callers may run under no_grad (the CLI) or inference mode (ComfyUI): optimizer state and the graph need
-    # ordinary tensors
-    with torch.inference_mode(False), torch.enable_grad():
-        return _finetune(backbone, train, val, config, perceptual=perceptual, checkpoint_dir=checkpoint_dir,
-                         progress=progress, cancel=cancel, log=log, accelerator=accelerator)
-
-
-def _finetune(
-    backbone: torch.nn.Module,
-    train: Pairs,
-    val: Pairs | None = None,
-    config: FinetuneConfig | None = None,
-    *,
-    perceptual: Callable[[Tensor, Tensor], Tensor] | None = None,
-    checkpoint_dir: str | Path | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: Callable[[], bool] | None = None,
-    log: Callable[[str], None] | None = None,
-    accelerator: Any = None,
-) -> FinetuneResult:
-    """The body of `finetune_backbone` (which sets the autograd mode)."""
     config = config or FinetuneConfig()
     config.check()
     rank, processes = ((accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1))
