@@ -156,13 +156,12 @@ def offload(module: torch.nn.Module) -> None:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """auto: half precision where the device runs it fast (bf16 if supported, else fp16), fp32 on CPU."""
-    if name == "auto":
-        device = torch_device()
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """auto: the library's choice for ComfyUI's device (`preferred_dtype`: bf16 if supported, else fp16 on CUDA),
+    except fp32 on the CPU, where the loaders keep full precision."""
+    device = torch_device()
+    if name == "auto" and device.type == "cpu":
         return torch.float32
-    return parse_dtype(name)
+    return parse_dtype(name, device)
 
 
 @contextlib.contextmanager

@@ -420,3 +420,16 @@ def test_node_search_finds_the_pack_by_what_users_type(comfy_pack):
               for node_id, cls in comfy_pack.NODE_CLASS_MAPPINGS.items()]
     for query in ("difface", "gfpgan", "restoreformer", "swinir", "restore", "face"):
         assert any(query in f for f in fields), query
+
+
+def test_loader_precision_names(comfy_pack, monkeypatch):
+    """The loaders' dtype widget: 'auto' keeps fp32 on the CPU and takes the library's choice on a GPU (bf16 where
+    supported, else fp16); explicit names map as in the CLI."""
+    from bfr_pack_under_test.nodes import comfy_glue
+
+    assert comfy_glue.resolve_dtype("auto") == torch.float32  # the stand-in ComfyUI device is the CPU
+    assert comfy_glue.resolve_dtype("bf16") == torch.bfloat16 and comfy_glue.resolve_dtype("fp16") == torch.float16
+    monkeypatch.setattr(comfy_glue, "torch_device", lambda: torch.device("cuda"))
+    for bf16_ok, expected in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, ok=bf16_ok, **k: ok)
+        assert comfy_glue.resolve_dtype("auto") == expected
