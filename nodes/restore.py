@@ -19,8 +19,8 @@ from ..bfr_core.restoration.pipeline import PasteOptions, restore_images
 from ..bfr_core.restoration.restorer import FaceRestorer
 from ..bfr_core.restoration.temporal import COLOR_SMOOTHING, TrackMemory
 from ..bfr_core.utils.layout import split_alpha
-from .comfy_glue import list_models, log, model_path, resolve_dtype, to_bchw, to_bhwc
 from .align import COLOR_REFERENCES
+from .comfy_glue import list_models, log, model_path, resolve_dtype, to_bchw, to_bhwc
 from .detect import run_detection
 from .identity import looks_like_recognizer
 from .memory import manage, models_loaded, restore_memory
