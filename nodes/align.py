@@ -9,12 +9,14 @@ from ..bfr_core.faces.align import align_faces
 from ..bfr_core.faces.parsing import load_face_parser
 from ..bfr_core.faces.paste import COLOR_MATCH_MODES, paste_faces
 from ..bfr_core.restoration.pipeline import PasteOptions, crop_masks
+from ..bfr_core.restoration.temporal import COLOR_SMOOTHING, TrackMemory
 from ..bfr_core.utils.layout import merge_alpha, split_alpha
 from .comfy_glue import Progress, list_models, log, model_path, to_bchw, to_bhwc
 from .memory import activation_bytes, manage, models_loaded
 from .schema import Detections, Faces, node_schema
 
 MASK_MODES = ("ellipse", "square", "parsing")
+COLOR_REFERENCES = ("per_face", "per_track")
 PARSING_MODEL_NEEDED = ("mask=parsing needs a parsing model: put parsing_bisenet.pth or parsing_parsenet.pth in "
                         "ComfyUI/models/facedetection, refresh (R) and pick it in parsing_model")
 
@@ -86,6 +88,10 @@ class BFRPasteFaces(io.ComfyNode):
                 io.Combo.Input("parsing_model", options=_parsing_files(), default="none",
                                tooltip="parsing_bisenet.pth or parsing_parsenet.pth in ComfyUI/models/facedetection, "
                                        "for mask=parsing."),
+                io.Combo.Input("color_reference", options=list(COLOR_REFERENCES), default="per_face", optional=True,
+                               tooltip="What color_match matches a face to. per_face: its own original. per_track "
+                                       "(video frames tracked by BFR Track Faces): a moving average of the person's "
+                                       "originals over the frames, so the colour correction does not flicker."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The images with the faces pasted back."),
                      io.Mask.Output(display_name="mask", tooltip="Where faces were pasted (1 = restored face).")],
@@ -104,13 +110,20 @@ class BFRPasteFaces(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, image, crops, faces, mask, feather, color_match, parsing_model="none") -> io.NodeOutput:
+    def execute(cls, image, crops, faces, mask, feather, color_match, parsing_model="none",
+                color_reference="per_face") -> io.NodeOutput:
         images = to_bchw(image)
         rgb, alpha = split_alpha(images)
         if len(faces) == 0:
             log.info("BFR Paste Faces: no faces; image returned unchanged")
             return io.NodeOutput(image, torch.zeros(image.shape[0], image.shape[1], image.shape[2]))
         crops_t = split_alpha(to_bchw(crops))[0]
+        reference = None
+        if color_reference == "per_track" and color_match != "none":
+            if not faces.tracked:
+                raise ValueError("color_reference=per_track needs tracked faces: put BFR Track Faces between BFR "
+                                 "Detect Faces and BFR Align Faces (or use per_face)")
+            reference = TrackMemory(color=COLOR_SMOOTHING).color_reference_of(faces.track_id, faces.image_index)
         parser = None
         if mask == "parsing":
             if parsing_model == "none":
@@ -121,5 +134,6 @@ class BFRPasteFaces(io.ComfyNode):
                 masks = crop_masks(crops_t, PasteOptions(mask, feather, color_match), parser)
         else:
             masks = crop_masks(crops_t, PasteOptions(mask, feather, color_match))
-        out, coverage = paste_faces(rgb, crops_t, faces, masks, color_match, progress=Progress(len(faces)))
+        out, coverage = paste_faces(rgb, crops_t, faces, masks, color_match, progress=Progress(len(faces)),
+                                    color_reference=reference)
         return io.NodeOutput(to_bhwc(merge_alpha(out, alpha, images.shape[1])), coverage.float().cpu())

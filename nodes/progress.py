@@ -34,10 +34,21 @@ class RestoreProgress:
         except ImportError:
             self._bar = None
         self.blocks = backbone_blocks(backbone) if backbone is not None else []
-        self.in_backbone = bool(networks_of(backbone)) if backbone is not None else False
-        self.chunks_done, self.chunks_total = 0, max(1, math.ceil(faces / max(1, batch_size)))
+        self.has_backbone = bool(networks_of(backbone)) if backbone is not None else False
+        self.in_backbone = self.has_backbone
+        self.batch_size = max(1, batch_size)
+        self.chunks_done, self.chunks_total = 0, max(1, math.ceil(faces / self.batch_size))
         self.block = 0
         self.faces = faces
+        self.done_before, self.part_faces = 0, 0  # faces of the earlier calls, of this call (0: one call)
+
+    def next_call(self, faces: int) -> None:
+        """The restorer is called again, on the next `faces` of the faces (a batch restored in chunks): its
+        backbone pass and steps fill that call's share of the one bar."""
+        self.done_before += self.part_faces
+        self.part_faces = faces
+        self.in_backbone = self.has_backbone
+        self.chunks_done, self.chunks_total, self.block = 0, max(1, math.ceil(faces / self.batch_size)), 0
 
     def __call__(self, done: int, total: int) -> None:
         check_interrupted()
@@ -46,7 +57,7 @@ class RestoreProgress:
             self._show_backbone()
             if done >= total:
                 self.in_backbone = False
-                log.info("BFR: backbone estimate of %d face(s) done; sampling", self.faces)
+                log.info("BFR: backbone estimate of %d face(s) done; sampling", self.part_faces or self.faces)
             return
         self._show(done, total)
 
@@ -62,6 +73,10 @@ class RestoreProgress:
         self._show(self.chunks_done * n + min(self.block, n), self.chunks_total * n)
 
     def _show(self, value: int, total: int) -> None:
+        if self.part_faces:  # one of several calls: its share of the bar, backbone in its first half
+            start, weight = (0.0, 0.5) if self.in_backbone else (0.5, 0.5) if self.has_backbone else (0.0, 1.0)
+            share = self.done_before + self.part_faces * (start + weight * value / max(1, total))
+            value, total = round(1000 * share), 1000 * max(1, self.faces)
         if self._bar is not None:
             self._bar.update_absolute(value, total)
 
@@ -70,7 +85,7 @@ class RestoreProgress:
         """Block hooks on the backbone for the body (removed afterwards: the backbone is shared)."""
         if self.in_backbone:
             log.info("BFR: backbone estimate of %d face(s), then sampling", self.faces)
-        handles = [b.register_forward_hook(self._on_block) for b in self.blocks] if self.in_backbone else []
+        handles = [b.register_forward_hook(self._on_block) for b in self.blocks] if self.has_backbone else []
         try:
             yield self
         finally:

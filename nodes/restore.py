@@ -12,10 +12,14 @@ from ..bfr_core.diffusion.timesteps import (DEFAULT_STEPS, DEFAULT_STRENGTH, OFF
 from ..bfr_core.faces.detection import SELECT_MODES
 from ..bfr_core.faces.detection.batch import DetectOptions
 from ..bfr_core.faces.paste import COLOR_MATCH_MODES
+from ..bfr_core.faces.smoothing import SmoothingOptions
+from ..bfr_core.faces.tracking import track_faces
 from ..bfr_core.restoration.backbones import load_restorer
 from ..bfr_core.restoration.pipeline import PasteOptions, restore_images
 from ..bfr_core.restoration.restorer import FaceRestorer
+from ..bfr_core.restoration.temporal import COLOR_SMOOTHING, TrackMemory
 from ..bfr_core.utils.layout import split_alpha
+from .align import COLOR_REFERENCES
 from .comfy_glue import list_models, log, model_path, resolve_dtype, to_bchw, to_bhwc
 from .detect import run_detection
 from .identity import looks_like_recognizer
@@ -29,6 +33,8 @@ WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".ckpt", ".bin")
 DEFAULT_PRIOR = "iddpm_ffhq512_ema500000.pth"
 DEFAULT_RESTORER = "swinir_restoration512_L1.pth"
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+TRACKING_CHOICES = ("off", "kalman_rts", "one_euro", "kalman")  # off, then the smoothing methods (append-only)
+FRAMES_PER_CALL = 16  # frames restored per restore_images call by BFR Restore Faces
 
 
 def _prior_path(name: str) -> str:
@@ -240,6 +246,24 @@ class BFRRestoreFaces(io.ComfyNode):
                 io.Combo.Input("color_match", options=list(COLOR_MATCH_MODES), default="lowpass",
                                tooltip="Keep the original's colours/tones (lowpass keeps the restored detail)."),
                 *_model_inputs(),
+                # Video (appended: saved workflows keep their widget values; "off" restores as before).
+                io.Combo.Input("tracking", options=list(TRACKING_CHOICES), default="off", optional=True,
+                               tooltip="Video frames: off restores each image on its own. Otherwise faces are linked "
+                                       "into tracks over the batch (the same person gets the same noise seed in "
+                                       "every frame) with landmarks smoothed by this filter, as BFR Track Faces: "
+                                       "kalman_rts (no lag, steadiest; looks 15 frames ahead), one_euro, kalman."),
+                io.Float.Input("fps", default=30.0, min=1.0, max=240.0, step=0.01, optional=True,
+                               tooltip="With tracking: frame rate of the batch (Get Video Components gives it), the "
+                                       "landmark filters' time scale."),
+                io.Float.Input("temporal_blend", default=0.0, min=0.0, max=0.95, step=0.01, optional=True,
+                               tooltip="With tracking: weight of a person's previous restored frames in each "
+                                       "restored face (aligned space, as BFR Blend Face Tracks). 0 = off; higher = "
+                                       "less flicker, but fast expressions trail."),
+                io.Combo.Input("color_reference", options=list(COLOR_REFERENCES), default="per_track",
+                               optional=True,
+                               tooltip="With tracking and color_match: per_track matches a face's colours to a moving "
+                                       "average of the person's original frames (no colour flicker); per_face to its "
+                                       "own frame. Without tracking every face uses its own frame."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The images with every restored face pasted back "
                                                                    "(unchanged where no face was found)."),
@@ -248,19 +272,35 @@ class BFRRestoreFaces(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, detector, prior, strength, steps, seed, select, color_match, restorer=None,
-                guidance=None) -> io.NodeOutput:
+                guidance=None, tracking="off", fps=30.0, temporal_blend=0.0,
+                color_reference="per_track") -> io.NodeOutput:
         images = to_bchw(image)
         dets = run_detection(detector, split_alpha(images)[0], DetectOptions(select=select))
+        temporal = None
+        if tracking != "off":
+            dets = track_faces(dets, smoothing=SmoothingOptions(fps=fps, method=tracking))
+            color = COLOR_SMOOTHING if color_reference == "per_track" else 0.0
+            temporal = TrackMemory(blend=temporal_blend, color=color)
+            log.info("BFR Restore Faces: %d track(s) over %d frame(s)",
+                     len({t for d in dets for t in d.track_ids.tolist()}), len(dets))
         sampler, steps, eta = sampler_settings("ddim", steps, OFFICIAL_ETA, strength)
         face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, sampler=sampler, eta=eta,
                                      identity=guidance)
-        progress = RestoreProgress(sum(len(d) for d in dets), face_restorer.batch_size, face_restorer.backbone)
-        face_restorer.progress = progress
-        with restorer_on_device(face_restorer), progress.watching_backbone():
-            res = restore_images(images, None, face_restorer, paste=PasteOptions(color_match=color_match),
-                                 seed=seed, detections=dets)
-        if len(res.faces) == 0:
+        faces = sum(len(d) for d in dets)
+        if faces == 0:
             log.info("BFR Restore Faces: no face to restore (none detected, or none passed the selection); "
                      "images returned unchanged")
             return io.NodeOutput(image, torch.zeros(image.shape[:3]))
-        return io.NodeOutput(to_bhwc(res.images), res.coverage.float().cpu())
+        progress = RestoreProgress(faces, face_restorer.batch_size, face_restorer.backbone)
+        face_restorer.progress = progress
+        out, coverage = torch.empty_like(images), images.new_zeros(images.shape[0], *images.shape[-2:])
+        # In chunks of frames, so a long video batch holds only a chunk's crops. Every face's seed comes from its
+        # key and the TrackMemory carries the tracks from chunk to chunk, so this equals one restore_images call.
+        with restorer_on_device(face_restorer), progress.watching_backbone():
+            for start in range(0, images.shape[0], FRAMES_PER_CALL):
+                part = slice(start, start + FRAMES_PER_CALL)
+                progress.next_call(sum(len(d) for d in dets[part]))
+                res = restore_images(images[part], None, face_restorer, paste=PasteOptions(color_match=color_match),
+                                     seed=seed, detections=dets[part], temporal=temporal)
+                out[part], coverage[part] = res.images, res.coverage
+        return io.NodeOutput(to_bhwc(out), coverage.float().cpu())

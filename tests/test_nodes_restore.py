@@ -201,3 +201,54 @@ def test_progress_covers_the_backbone_then_the_sampling(comfy_pack, models_dir):
         run_node(nodes["BFRDiffusionRestore"], crops, prior, 0.3, 2, "ddim", 0.5, 5, 2, restorer=backbone)
     assert len(calls) == 1  # stopped inside the first chunk
     assert not backbone.blocks[0]._forward_hooks  # the progress hooks are removed
+
+
+def test_all_in_one_tracks_video_batches_as_the_library_does(comfy_pack, models_dir, monkeypatch):
+    """tracking (appended inputs; "off" = as before): faces linked into tracks with the library's track_faces, a
+    person's seed = seed + track id in every frame, per-track blend and colour reference. Restored 16 frames per
+    call, the batch equals one restore_images call with a TrackMemory; the bar moves forward across the calls."""
+    import comfy.utils
+    from test_nodes_track import _frames_and_detections
+
+    import bfr_pack_under_test.nodes.restore as restore_node
+    from bfr_pack_under_test.bfr_core.faces.smoothing import SmoothingOptions
+    from bfr_pack_under_test.bfr_core.faces.tracking import track_faces
+    from bfr_pack_under_test.bfr_core.restoration.pipeline import PasteOptions, restore_images
+    from bfr_pack_under_test.bfr_core.restoration.restorer import FaceRestorer
+    from bfr_pack_under_test.bfr_core.restoration.temporal import TrackMemory
+
+    nodes = _nodes(comfy_pack)
+    prior = run_node(nodes["BFRLoadDiffusionPrior"], "tiny_iddpm.pth", "fp32")[0]
+    frames, dets = _frames_and_detections(20)  # two faces; the detector lists them in alternating orders
+    assert restore_node.FRAMES_PER_CALL < 20
+    monkeypatch.setattr(restore_node, "run_detection", lambda *args: list(dets))
+    seeds, call = [], FaceRestorer.__call__
+    monkeypatch.setattr(FaceRestorer, "__call__", lambda self, crops, **kw: seeds.append(kw["seeds"]) or call(
+        self, crops, **kw))
+    backbone = _Blocks()
+    args = (frames, None, prior, 0.3, 2, 7, "all", "mean_std", backbone)
+
+    comfy.utils.UPDATES.clear()
+    out, mask = run_node(nodes["BFRRestoreFaces"], *args, tracking="kalman_rts", fps=24.0, temporal_blend=0.3)
+    fractions = [v / t for v, t in comfy.utils.UPDATES]
+    assert fractions == sorted(fractions) and fractions[-1] == 1
+    assert len(seeds) == 2  # 20 frames, 16 per call
+    left = [int(torch.argmin(d.boxes[:, 0])) for d in dets]
+    flat = [s for call_seeds in seeds for s in call_seeds]
+    assert [flat[2 * t + left[t]] for t in range(20)] == [7] * 20  # the left person: seed + its track id, always
+
+    tracked = track_faces(dets, smoothing=SmoothingOptions(fps=24.0, method="kalman_rts"))
+    restorer = FaceRestorer(prior, backbone, strength=0.3, steps=2, sampler="ddim", eta=0.5)
+    want = restore_images(frames.movedim(-1, 1), None, restorer, paste=PasteOptions(color_match="mean_std"), seed=7,
+                          detections=tracked, temporal=TrackMemory(blend=0.3, color=0.5))
+    torch.testing.assert_close(out, want.images.movedim(1, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(mask, want.coverage.float(), atol=1e-6, rtol=0)
+
+    seeds.clear()
+    plain, _ = run_node(nodes["BFRRestoreFaces"], *args)  # a workflow saved before tracking existed
+    flat = [s for call_seeds in seeds for s in call_seeds]
+    assert flat == [7, 8] * 20  # each image's faces by detection order: the left person's seed changes
+    want = restore_images(frames.movedim(-1, 1), None, restorer, paste=PasteOptions(color_match="mean_std"), seed=7,
+                          detections=dets)
+    torch.testing.assert_close(plain, want.images.movedim(1, -1), atol=1e-5, rtol=0)
+    assert (plain - out).abs().max() > 0.05

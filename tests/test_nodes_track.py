@@ -104,3 +104,43 @@ def test_tracked_faces_restore_with_per_track_seeds_and_blend(comfy_pack):
     assert "blend" in validate_node(nodes["BFRBlendFaceTracks"], blend=1.0)
     with pytest.raises(ValueError, match="BFR_FACES"):
         run_node(nodes["BFRBlendFaceTracks"], crops[:3], faces, 0.5, 30)
+
+
+def test_paste_matches_colours_per_track(comfy_pack):
+    """BFR Paste Faces color_reference (appended): per_track matches each face's colours to its track's moving
+    average of original crops (the library's TrackMemory, weight 0.5), so Detect → Track → Align → restore → Paste
+    equals restore_images with a TrackMemory and the colour correction stops following each frame's flicker;
+    per_face (the default) is unchanged; untracked faces are refused."""
+    from bfr_pack_under_test.bfr_core.restoration.pipeline import PasteOptions, restore_images
+    from bfr_pack_under_test.bfr_core.restoration.temporal import TrackMemory
+
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    frames, dets = _frames_and_detections(8)
+    gains = torch.tensor([1.0, 0.8, 1.15, 0.85, 1.1, 0.8, 1.15, 0.9])  # each frame's brightness flickers
+    frames = (frames * gains[:, None, None, None]).clamp(0, 1)
+    tracked, _, _ = run_node(nodes["BFRTrackFaces"], frames, dets, "one_euro", 24.0, 0.5, 4.0, 1.0, 0.5, 0.01, 30)
+    crops, faces = run_node(nodes["BFRAlignFaces"], frames, tracked, 64, "reflect")
+    restore = lambda c: c * 0.5 + 0.3  # noqa: E731  a "restorer" that shifts the colours
+    args = (frames, restore(crops), faces, "ellipse", 0.1, "mean_std", "none")
+    per_face, _ = run_node(nodes["BFRPasteFaces"], *args)
+    assert torch.equal(run_node(nodes["BFRPasteFaces"], *args, "per_face")[0], per_face)
+    per_track, mask = run_node(nodes["BFRPasteFaces"], *args, "per_track")
+
+    def library(temporal):
+        res = restore_images(frames.movedim(-1, 1), None, lambda c: restore(c.movedim(1, -1)).movedim(-1, 1),
+                             paste=PasteOptions("ellipse", 0.1, "mean_std"), crop_size=64, detections=tracked,
+                             temporal=temporal)
+        return res.images.movedim(1, -1)
+
+    torch.testing.assert_close(per_track, library(TrackMemory(color=0.5)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(per_face, library(None), atol=1e-5, rtol=0)
+    face = mask > 0.99
+    brightness = lambda x: torch.stack([x[t][face[t]].mean() for t in range(8)])  # noqa: E731
+    flicker = lambda x: brightness(x).diff().abs().mean()  # noqa: E731
+    assert flicker(per_track) < 0.6 * flicker(per_face)
+    args_none = (frames, restore(crops), faces, "ellipse", 0.1, "none", "none")
+    assert torch.equal(run_node(nodes["BFRPasteFaces"], *args_none, "per_track")[0],
+                       run_node(nodes["BFRPasteFaces"], *args_none)[0])  # nothing to match: nothing changes
+    crops_u, faces_u = run_node(nodes["BFRAlignFaces"], frames, dets, 64, "reflect")
+    with pytest.raises(ValueError, match="Track Faces"):
+        run_node(nodes["BFRPasteFaces"], frames, crops_u, faces_u, "ellipse", 0.1, "mean_std", "none", "per_track")

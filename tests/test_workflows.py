@@ -161,8 +161,8 @@ FIT_MARGIN = 0.75
 DETAIL_ZOOM = 8 / 14
 TITLE_HEIGHT = 30
 # Smallest body heights the frontend computes for the nodes (LiteGraph computeSize), image nodes with a preview.
-MIN_HEIGHT = {"LoadImage": 326, "BFRDetectFaces": 218, "BFRDiffusionRestore": 282, "BFRRestoreFaces": 258,
-              "BFRIdentityGuidance": 214, "BFRPasteFaces": 170}
+MIN_HEIGHT = {"LoadImage": 326, "BFRDetectFaces": 218, "BFRDiffusionRestore": 282, "BFRRestoreFaces": 354,
+              "BFRIdentityGuidance": 214, "BFRPasteFaces": 194}
 
 
 def _rects(wf):

@@ -176,14 +176,17 @@ def _accumulate(sample: _FaceSampler, members: list, union: tuple[int, int, int,
 
 def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tensor | None = None,
                 color_match: str = "none", progress: Callable[[int], None] | None = None,
-                backend: str = "auto") -> tuple[Tensor, Tensor]:
+                backend: str = "auto", color_reference: Callable[[Tensor], Tensor] | None = None
+                ) -> tuple[Tensor, Tensor]:
     """Put crops [F, C, S', S'] back into images [B, C, H, W] (values in [0, 1]).
 
     masks: soft crop-space masks [F, S', S'] (default: the template face oval). The crops may have
     been resized after alignment (e.g. by an upscaler): any square size works. Returns the images
     and the pasted-face coverage [B, H, W] (1 = fully the restored face). Faces are rendered into
     their own boxes only; overlapping faces are blended together, order-independently.
-    `backend`: as in `warp_faces`.
+    `backend`: as in `warp_faces`. `color_reference`: maps the original crops (the images warped like the crops)
+    to what the crops' colours are matched to, e.g. a per-track average over video frames
+    (`restoration.temporal.TrackMemory.color_reference`); default: each face's own original.
     """
     check_images(images, allow_empty=True)
     check_images(crops, "crops", allow_empty=True, finite=False)  # NaN under a zero mask is harmless: see below
@@ -220,6 +223,8 @@ def paste_faces(images: Tensor, crops: Tensor, faces: AlignedFaces, masks: Tenso
     masks = masks.to(device, images.dtype)
     if color_match != "none":
         originals = warp_faces(images, faces.image_index.to(device), affines, s, faces.border, backend=backend)
+        if color_reference is not None:
+            originals = color_reference(originals).to(device, images.dtype)
         crops = match_colors(crops, originals, masks, color_match)
     sample = _FaceSampler(crops, masks, affines, backend)
 

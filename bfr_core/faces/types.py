@@ -99,8 +99,11 @@ class AlignedFaces:
     border: str = "reflect"
     extra: dict = field(default_factory=dict)
     track_id: Tensor | None = None  # None: detection order within each image
+    tracked: bool | None = None  # track ids name people across images (faces.tracking); None: whether track_id given
 
     def __post_init__(self) -> None:
+        if self.tracked is None:
+            self.tracked = self.track_id is not None
         if self.track_id is None:
             self.track_id = order_within_groups(self.image_index)
         self.track_id = torch.as_tensor(self.track_id, dtype=torch.long)
@@ -125,7 +128,8 @@ class AlignedFaces:
         """The same batch of images with only the faces `idx` (flat indices)."""
         i = torch.as_tensor(idx, dtype=torch.long)
         return AlignedFaces(self.image_index[i], self.affines[i], self.landmarks[i], self.scores[i],
-                            self.crop_size, list(self.image_sizes), self.border, dict(self.extra), self.track_id[i])
+                            self.crop_size, list(self.image_sizes), self.border, dict(self.extra), self.track_id[i],
+                            self.tracked)
 
     def keys(self) -> list[tuple[int, int]]:
         """The stable key ``(image index, track id)`` of every face, in flat order."""

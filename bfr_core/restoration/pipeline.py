@@ -5,14 +5,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..faces.align import align_faces
 from ..faces.detection import FaceDetector
 from ..faces.detection.batch import DetectOptions, detect_faces
 from ..faces.masks import template_mask
-from ..faces.paste import match_colors, paste_faces
+from ..faces.paste import paste_faces
 from ..faces.types import AlignedFaces, FaceDetections
 from ..utils.layout import check_images, merge_alpha, split_alpha
 from .restorer import FaceRestorer
@@ -92,14 +91,10 @@ def restore_images(images: Tensor, detector: FaceDetector | None, restorer: Crop
     if temporal is not None:
         restored = temporal.restored(restored, faces.track_id, faces.image_index)
     masks = crop_masks(restored, paste, parser)
-    color_match, pasted = paste.color_match, restored
+    reference = None
+    if temporal is not None:  # colours matched to the track's steady reference, not the frame's own crop
+        reference = temporal.color_reference_of(faces.track_id, faces.image_index)
+    out, coverage = paste_faces(rgb, restored, faces, masks, paste.color_match, progress, color_reference=reference)
     if temporal is not None:
-        if color_match != "none":  # matched here against the track's steady reference, not in paste_faces
-            reference = crops if crops.shape[-1] == restored.shape[-1] else F.interpolate(
-                crops, size=restored.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
-            reference = temporal.color_reference(reference, faces.track_id, faces.image_index)
-            pasted = match_colors(restored, reference.to(restored), masks, color_match)
-            color_match = "none"
         temporal.advance(images.shape[0])
-    out, coverage = paste_faces(rgb, pasted, faces, masks, color_match, progress)
     return RestoreResult(merge_alpha(out, alpha, images.shape[1]), coverage, faces, crops, restored, detections)

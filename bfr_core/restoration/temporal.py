@@ -14,9 +14,15 @@ A track not seen for more than ``max_gap`` frames starts afresh (it may have cha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import Tensor
+
+
+# The weight of a track's earlier frames in its colour reference where the user does not set it (CLI, nodes).
+COLOR_SMOOTHING = 0.5
 
 
 @dataclass
@@ -52,6 +58,10 @@ class TrackMemory:
 
     def color_reference(self, originals: Tensor, tracks: Tensor, image_index: Tensor) -> Tensor:
         return self.average("color", originals, tracks, image_index.cpu() + self.frame, self.color)
+
+    def color_reference_of(self, tracks: Tensor, image_index: Tensor) -> Callable[[Tensor], Tensor]:
+        """`color_reference` for the given faces, as `faces.paste.paste_faces(color_reference=)` takes it."""
+        return partial(self.color_reference, tracks=tracks, image_index=image_index)
 
     def advance(self, num_frames: int) -> None:
         """Move past a chunk of ``num_frames`` frames (restore_images calls this)."""
