@@ -216,8 +216,8 @@ def test_cli_restores_a_video_file(face_clip, tmp_path, yunet_path, capsys):
 
 
 def test_look_ahead_smoothing_streams_like_one_pass(face_clip, tmp_path, yunet_path, capsys):
-    """kalman_rts in restore_clip: results trail the chunks by the look-ahead, every frame comes out once, and any
-    chunking gives the same frames as one chunk; the CLI writes every frame with its own timestamp."""
+    """kalman_rts in restore_clip: results trail the chunks by the look-ahead, every frame comes out once (the end
+    in pieces no larger than a chunk), and any chunking gives the same frames as one chunk; the CLI writes every frame with its own timestamp."""
     from bfr_core.faces.detection.yunet import YuNetDetector
     from bfr_core.faces.smoothing import SmoothingOptions
     from bfr_core.faces.tracking import FaceTracker
@@ -238,6 +238,8 @@ def test_look_ahead_smoothing_streams_like_one_pass(face_clip, tmp_path, yunet_p
     assert counts == [7, 3]
     counts, chunked = run([2, 4, 4])
     assert counts == [3, 4, 3] and torch.equal(one, chunked)
+    counts, small = run([2, 2, 2, 2, 2])  # the end (3 frames waiting) comes in pieces no larger than a chunk
+    assert counts == [1, 2, 2, 2, 2, 1] and torch.equal(one, small)
     out = tmp_path / "OUT"
     assert main(["restore", str(face_clip), "-o", str(out), "--models-dir", str(yunet_path.parent), "--align-only",
                  "--chunk-frames", "4", "--crop-size", "64", "--smoother", "kalman_rts", "--lookahead", "5"]) == 0
