@@ -24,8 +24,8 @@ known move. Printed:
    frames, with --smoother: frames/s; the resident memory (RSS, sampled every 20 ms) after the models are loaded
    ("loaded"), its peak while streaming over "loaded" ("peak +"), and its growth after warm-up (peak after the
    first --warmup frames are written over the RSS at that point: flat against length = nothing grows with the
-   clip); with --memory also a second run under tracemalloc (its peak: Python and numpy allocations, not torch's
-   CPU allocator) and what the stream's state holds at the end (open tracks, frames waiting for the look-ahead,
+   clip); with --memory also a second run under tracemalloc: the peak and final Python/numpy allocations (not
+   torch's CPU allocator) over their level after warm-up, and what the stream's state holds at the end (open tracks, frames waiting for the look-ahead,
    TrackMemory crops).
 
     PYTHONPATH=. python bench/bench_video.py [--frames 32] [--size 128] [--lengths 16 48] [--blend 0.5]
@@ -261,7 +261,7 @@ def run_child(args) -> None:
     threading.Thread(target=sample, daemon=True).start()
     t0 = time.perf_counter()
     out = Path(path).with_name("out.mp4")
-    stamps, written = [], 0
+    stamps, written, traced_warm = [], 0, 0
 
     def chunks():
         for c, pts in read_video(path, args.chunk):
@@ -279,14 +279,19 @@ def run_child(args) -> None:
             written += n
             if written >= args.warmup and not warm_at:
                 warm_at.append(rss_mib())
+                if args.trace:  # from here on: Python/numpy allocations over their level after warm-up
+                    traced_warm = tracemalloc.get_traced_memory()[0]
+                    tracemalloc.reset_peak()
     seconds = time.perf_counter() - t0
     done.set()
     peak["all"] = max(peak["all"], rss_mib())
     r = dict(fps=frames / seconds, loaded=before, peak_growth=peak["all"] - before,
              warm_growth=(peak["warm"] - warm_at[0]) if warm_at and frames > args.warmup + args.chunk else None,
              state={**tracker.sizes(), **{f"memory_{k}": v for k, v in memory.sizes().items()}})
-    if args.trace:
-        r["trace_peak"] = tracemalloc.get_traced_memory()[1] / 2**20
+    if args.trace and r["warm_growth"] is not None:
+        current, top = tracemalloc.get_traced_memory()
+        r["trace_growth"] = (top - traced_warm) / 2**20
+        r["trace_end"] = (current - traced_warm) / 2**20
     print(json.dumps(r))
 
 
@@ -297,9 +302,9 @@ def run_lengths(args) -> None:
           f"analytic prior, colour matched and blended per track, {args.smoother} smoothing), each length in a fresh "
           f"process")
     print(f"   {'frames':>7s} {'frames/s':>9s} {'loaded MiB':>11s} {'peak + MiB':>11s} {'growth after':>13s}"
-          + (f" {'tracemalloc':>12s}  state at the end" if args.trace else ""))
-    print(f"   {'':7s} {'':9s} {'':11s} {'':11s} {f'{args.warmup} fr. MiB':>13s}" + (f" {'peak MiB':>12s}" if args.trace
-                                                                                        else ""))
+          + (f" {'tracemalloc after':>18s}  state at the end" if args.trace else ""))
+    print(f"   {'':7s} {'':9s} {'':11s} {'':11s} {f'{args.warmup} fr. MiB':>13s}"
+          + (f" {'peak / end MiB':>18s}" if args.trace else ""))
     with tempfile.TemporaryDirectory(prefix="bench_video_") as tmp:
         for n in args.lengths:
             _, _, _, degraded = make_clip(n, args.shift, args.zoom, args.seed, args.scale)
@@ -315,7 +320,9 @@ def run_lengths(args) -> None:
             warm = "-" if r["warm_growth"] is None else f"{r['warm_growth']:.1f}"
             line = f"   {n:7d} {r['fps']:9.2f} {r['loaded']:11.0f} {r['peak_growth']:11.1f} {warm:>13s}"
             if args.trace:
-                line += f" {runs[1]['trace_peak']:12.1f}  {runs[1]['state']}"
+                traced = runs[1].get("trace_growth")
+                traced = "-" if traced is None else f"{traced:.2f} / {runs[1]['trace_end']:.2f}"
+                line += f" {traced:>18s}  {runs[1]['state']}"
             print(line, flush=True)
 
 
