@@ -19,12 +19,19 @@ known move. Printed:
    PSNR       per-frame PSNR (dB) of the face region against the clean frame, both with the move undone
    TLME       of YuNet's landmarks detected on the restored frames
    The clean clip's own flicker (resampling only) is the floor.
-3. Throughput and memory against clip length: each length in a fresh process, streamed from an mp4 file through
-   `read_video` → `restore_clip` → `VideoWriter` in chunks of --chunk frames; frames/s and the peak resident memory
-   while streaming (sampled every 20 ms) over the resident memory after the models are loaded, with --smoother.
+3. Throughput and memory against clip length: each length in a fresh process, streamed from an mp4 file with audio
+   through `read_video` → `restore_clip` (colour matched and blended per track) → `VideoWriter` in chunks of --chunk
+   frames, with --smoother: frames/s; the resident memory (RSS, sampled every 20 ms) after the models are loaded
+   ("loaded"), its peak while streaming over "loaded" ("peak +"), and its growth after warm-up (peak after the
+   first --warmup frames are written over the RSS at that point: flat against length = nothing grows with the
+   clip); with --memory also a second run under tracemalloc: the peak and final Python/numpy allocations (not
+   torch's CPU allocator) over their level after warm-up, and what the stream's state holds at the end (open tracks, frames waiting for the look-ahead,
+   TrackMemory crops).
 
     PYTHONPATH=. python bench/bench_video.py [--frames 32] [--size 128] [--lengths 16 48] [--blend 0.5]
                                              [--smoother one_euro|kalman|kalman_rts]
+    PYTHONPATH=. python bench/bench_video.py --memory   # = --no-quality --lengths 32 128 512 --scale 0.5
+                                                        #   --smoother kalman_rts: 320x200 frames, 2 faces
 """
 from __future__ import annotations
 
@@ -65,10 +72,15 @@ YUNET = DATA / "models/face_detection_yunet_2023mar.onnx"
 FRAME = (640, 400)  # w, h: both faces stay in view through the move
 
 
-def make_clip(frames: int, shift: float, zoom: float, seed: int):
+def make_clip(frames: int, shift: float, zoom: float, seed: int, scale: float = 1.0):
+    """The photo (resized by ``scale``, the frame and the pan with it) through the move, clean and degraded."""
     photo = np.ascontiguousarray(cv2.imread(str(PHOTO))[:, :, ::-1])
+    size = FRAME
+    if scale != 1:
+        photo = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        size, shift = (round(FRAME[0] * scale), round(FRAME[1] * scale)), shift * scale
     moves = pan_zoom_transforms(frames, (shift, shift / 3), zoom)
-    clean = pan_zoom_frames(photo, moves, FRAME)
+    clean = pan_zoom_frames(photo, moves, size)
     return photo, moves, clean, degrade_frames(clean, seed=seed)
 
 
@@ -213,65 +225,105 @@ def run_quality(args) -> None:
           "landmark error, which moves the pasted face)")
 
 
-def run_child(path: str, frames: int, size: int, chunk: int, fps: float, smoother: str) -> None:
-    """One streamed restore of a clip file; prints JSON: frames/s and peak RSS growth (MiB) during the run."""
-    from bfr_core.io.video import VideoWriter, read_video
+def run_child(args) -> None:
+    """One streamed restore of a clip file (args.child); prints JSON: frames/s, RSS figures (MiB), with --trace the
+    tracemalloc peak, and the stream state's sizes at the end."""
+    import threading
+    import tracemalloc
 
+    from bfr_core.io.video import VideoWriter, read_video
+    from bfr_core.restoration.pipeline import PasteOptions
+
+    path, frames = args.child, args.frames
     detector = YuNetDetector(YUNET)
     photo = np.ascontiguousarray(cv2.imread(str(PHOTO))[:, :, ::-1])
-    restorer = FaceRestorer(build_prior(photo, detect_faces(detector, to_tensor(photo[None]))[0], size),
+    restorer = FaceRestorer(build_prior(photo, detect_faces(detector, to_tensor(photo[None]))[0], args.size),
                             strength=0.4, sampler="fast", batch_size=8)
-    import threading
 
     def rss_mib() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
-    before, peak, done = rss_mib(), [0.0], threading.Event()
+    before, done = rss_mib(), threading.Event()
+    peak = {"all": before, "warm": 0.0}  # peak RSS over the whole stream / since warm-up
+    warm_at: list[float] = []  # RSS when --warmup frames had been written
 
     def sample() -> None:  # resident memory every 20 ms while the clip streams (ru_maxrss would show setup peaks)
         while not done.is_set():
-            peak[0] = max(peak[0], rss_mib())
+            r = rss_mib()
+            peak["all"] = max(peak["all"], r)
+            if warm_at:
+                peak["warm"] = max(peak["warm"], r)
             time.sleep(0.02)
 
+    if args.trace:
+        tracemalloc.start()
     threading.Thread(target=sample, daemon=True).start()
     t0 = time.perf_counter()
     out = Path(path).with_name("out.mp4")
-    stamps = []
+    stamps, written, traced_warm = [], 0, 0
 
     def chunks():
-        for c, pts in read_video(path, chunk):
+        for c, pts in read_video(path, args.chunk):
             stamps.extend(pts)
             yield c
 
+    tracker = FaceTracker(smoothing=SmoothingOptions(fps=args.fps, method=args.smoother))
+    memory = TrackMemory(blend=0.5, color=0.5)
     with VideoWriter(out, path) as writer:
-        tracker = FaceTracker(smoothing=SmoothingOptions(fps=fps, method=smoother))
-        for res in restore_clip(chunks(), detector, restorer, crop_size=size, tracker=tracker):
+        for res in restore_clip(chunks(), detector, restorer, crop_size=args.size, tracker=tracker, temporal=memory,
+                                paste=PasteOptions(color_match="mean_std")):
             n = res.images.shape[0]  # a look-ahead smoother's results trail the chunks
             writer.write(res.images, stamps[:n])
             del stamps[:n]
+            written += n
+            if written >= args.warmup and not warm_at:
+                warm_at.append(rss_mib())
+                if args.trace:  # from here on: Python/numpy allocations over their level after warm-up
+                    traced_warm = tracemalloc.get_traced_memory()[0]
+                    tracemalloc.reset_peak()
     seconds = time.perf_counter() - t0
     done.set()
-    peak = max(peak[0], rss_mib())
-    print(json.dumps(dict(fps=frames / seconds, rss_growth=peak - before, peak=peak)))
+    peak["all"] = max(peak["all"], rss_mib())
+    r = dict(fps=frames / seconds, loaded=before, peak_growth=peak["all"] - before,
+             warm_growth=(peak["warm"] - warm_at[0]) if warm_at and frames > args.warmup + args.chunk else None,
+             state={**tracker.sizes(), **{f"memory_{k}": v for k, v in memory.sizes().items()}})
+    if args.trace and r["warm_growth"] is not None:
+        current, top = tracemalloc.get_traced_memory()
+        r["trace_growth"] = (top - traced_warm) / 2**20
+        r["trace_end"] = (current - traced_warm) / 2**20
+    print(json.dumps(r))
 
 
 def run_lengths(args) -> None:
-    print(f"\n3. streamed file restore (mp4 → mp4, chunks of {args.chunk} frames, {args.size} px analytic prior, "
-          f"{args.smoother} smoothing), each length in a fresh process")
-    print(f"   {'frames':>7s} {'frames/s':>9s} {'peak RSS MiB':>13s} {'growth MiB':>11s}  (during the stream, over "
-          f"the RSS after loading)")
+    _, _, sample_clip, _ = make_clip(1, args.shift, args.zoom, args.seed, args.scale)
+    h, w = sample_clip.shape[1:3]
+    print(f"\n3. streamed file restore (mp4 with audio → mp4, {w}x{h}, chunks of {args.chunk} frames, {args.size} px "
+          f"analytic prior, colour matched and blended per track, {args.smoother} smoothing), each length in a fresh "
+          f"process")
+    print(f"   {'frames':>7s} {'frames/s':>9s} {'loaded MiB':>11s} {'peak + MiB':>11s} {'growth after':>13s}"
+          + (f" {'tracemalloc after':>18s}  state at the end" if args.trace else ""))
+    print(f"   {'':7s} {'':9s} {'':11s} {'':11s} {f'{args.warmup} fr. MiB':>13s}"
+          + (f" {'peak / end MiB':>18s}" if args.trace else ""))
     with tempfile.TemporaryDirectory(prefix="bench_video_") as tmp:
         for n in args.lengths:
-            _, _, _, degraded = make_clip(n, args.shift, args.zoom, args.seed)
+            _, _, _, degraded = make_clip(n, args.shift, args.zoom, args.seed, args.scale)
             path = Path(tmp) / f"clip{n}.mp4"
             write_clip(path, degraded, fps=int(args.fps), audio=True)
-            proc = subprocess.run([sys.executable, __file__, "--child", str(path), "--frames", str(n), "--size",
-                                   str(args.size), "--chunk", str(args.chunk), "--fps", str(args.fps),
-                                   "--smoother", args.smoother],
-                                  capture_output=True, text=True, check=True)
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"   {n:7d} {r['fps']:9.2f} {r['peak']:13.0f} {r['rss_growth']:11.1f}")
+            del degraded
+            cmd = [sys.executable, __file__, "--child", str(path), "--frames", str(n), "--size", str(args.size),
+                   "--chunk", str(args.chunk), "--fps", str(args.fps), "--smoother", args.smoother,
+                   "--warmup", str(args.warmup)]
+            runs = [json.loads(subprocess.run(c, capture_output=True, text=True, check=True).stdout.strip()
+                               .splitlines()[-1]) for c in ([cmd, cmd + ["--trace"]] if args.trace else [cmd])]
+            r = runs[0]
+            warm = "-" if r["warm_growth"] is None else f"{r['warm_growth']:.1f}"
+            line = f"   {n:7d} {r['fps']:9.2f} {r['loaded']:11.0f} {r['peak_growth']:11.1f} {warm:>13s}"
+            if args.trace:
+                traced = runs[1].get("trace_growth")
+                traced = "-" if traced is None else f"{traced:.2f} / {runs[1]['trace_end']:.2f}"
+                line += f" {traced:>18s}  {runs[1]['state']}"
+            print(line, flush=True)
 
 
 def main() -> None:
@@ -289,11 +341,24 @@ def main() -> None:
     ap.add_argument("--smoother", choices=SMOOTHING_METHODS, default="one_euro",
                     help="landmark smoothing of the streamed restore (part 3)")
     ap.add_argument("--no-quality", action="store_true", help="only the throughput/memory part")
+    ap.add_argument("--scale", type=float, default=1.0, help="photo, frame and pan scaled by this (part 3 and the "
+                    "quality parts use the same clip size only at 1)")
+    ap.add_argument("--warmup", type=int, default=32, help="frames written before 'growth after' is measured")
+    ap.add_argument("--trace", action="store_true", help="part 3: also a tracemalloc run per length")
+    ap.add_argument("--memory", action="store_true", help="memory against length: --no-quality --trace --lengths "
+                    "32 128 512 --scale 0.5 --smoother kalman_rts (each unless given)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    given = set(sys.argv[1:])
     args = ap.parse_args()
+    if args.memory:
+        args.no_quality = args.trace = True
+        for flag, name, value in (("--lengths", "lengths", [32, 128, 512]), ("--scale", "scale", 0.5),
+                                  ("--smoother", "smoother", "kalman_rts")):
+            if flag not in given:
+                setattr(args, name, value)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.child:
-        return run_child(args.child, args.frames, args.size, args.chunk, args.fps, args.smoother)
+        return run_child(args)
     if not args.no_quality:
         run_quality(args)
     if args.lengths:

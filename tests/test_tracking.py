@@ -400,3 +400,35 @@ def test_rts_tracks_with_gaps_and_new_faces():
     assert [i for i, d in enumerate(out) if lone in d.track_ids.tolist()] == [12]
     assert torch.allclose(out[12].landmarks[-1], frames[12].landmarks[-1])
     assert [int(d.track_ids[0]) for d in out] == [0] * 20
+
+
+def test_streaming_state_stays_bounded_however_long_the_clip():
+    """What a clip's stream keeps (tracker: open tracks, frames waiting for the look-ahead, smoother states; the
+    TrackMemory's stored crops) depends on the faces of the last max_gap frames, not on the clip's length: people
+    keep walking through the picture (one enters every 4 frames and stays 12), 200 frames."""
+    g = torch.Generator().manual_seed(0)
+    max_gap, lookahead = 10, 5
+    tracker = FaceTracker(TrackOptions(max_gap=max_gap), SmoothingOptions(method="kalman_rts", lookahead=lookahead))
+    memory = TrackMemory(blend=0.5, color=0.5, max_gap=max_gap)
+    sizes, ids = [], set()
+    for i in range(200):
+        people = [k for k in range(max(0, i // 4 - 3), i // 4 + 1) if 4 * k <= i < 4 * k + 12]
+        for d in tracker.push(_frame(*[(150 + 250 * (k % 6) + (i - 4 * k), 200) for k in people])):
+            crops = torch.rand(len(d), 3, 4, 4, generator=g)
+            index = torch.zeros(len(d), dtype=torch.long)
+            memory.restored(crops, d.track_ids, index)
+            memory.color_reference(crops, d.track_ids, index)
+            memory.advance(1)
+            ids.update(d.track_ids.tolist())
+        sizes.append({**tracker.sizes(), **{f"memory_{k}": v for k, v in memory.sizes().items()}})
+    # one id per person who entered before the last look-ahead window (the rest still waits for later frames)
+    assert len(ids) == len([k for k in range(50) if 4 * k < 200 - lookahead]) == 49
+    # Periodic input, so the steady state repeats: what is held after 200 frames is what was held after 100.
+    assert sizes[199] == sizes[99]
+    for key in sizes[0]:
+        assert max(s[key] for s in sizes[100:]) == max(s[key] for s in sizes[50:100]), key
+    concurrent = 3 + max_gap // 4 + 1  # on screen + those that left less than max_gap frames ago
+    assert max(s["tracks"] for s in sizes) <= concurrent
+    assert max(s["pending"] for s in sizes) == lookahead
+    assert max(s["smoother_states"] for s in sizes) <= 3 * (lookahead + 1) + lookahead
+    assert max(max(s["memory_restored"], s["memory_color"]) for s in sizes) <= concurrent

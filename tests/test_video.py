@@ -70,6 +70,93 @@ def test_read_write_keeps_frames_rate_size_and_audio(tmp_path, audio):
     assert not list(out.parent.glob(".*.part"))  # no temp file left behind
 
 
+def _packet_order(path) -> list[tuple[str, float]]:
+    """(stream type, decoding time in s) of every packet in file order."""
+    with av.open(str(path)) as c:
+        return [(p.stream.type, float(p.dts * p.time_base)) for p in c.demux() if p.dts is not None]
+
+
+def test_audio_is_interleaved_with_the_video_as_it_is_written(tmp_path):
+    """The source's audio packets go to the muxer as the video reaches their time, not after all the video: the
+    muxer writes a packet only once every stream has caught up, so audio kept for the end made it hold the encoded
+    video (up to its 10 s interleave limit: memory growing with the clip). A 16 s clip at 4 fps in chunks of 2 s:
+    no video packet reaches the muxer more than 1 s ahead of the audio, and every audio packet and time is kept."""
+    from bfr_core.io.video import VideoWriter, read_video
+
+    src = tmp_path / "long.mp4"
+    write_clip(src, _pattern(64, 48, 64) // 2, fps=4, audio=True)  # 16 s
+    out = tmp_path / "o" / "long.mp4"
+    fed: list[tuple[str, float]] = []  # what the writer handed the muxer, in order: (stream type, decoding time)
+
+    class Recorder:  # the output container, recording each packet it is given
+        def __init__(self, container):
+            self.container = container
+
+        def mux(self, packet):
+            fed.append((packet.stream.type, float(packet.dts * packet.time_base)))
+            return self.container.mux(packet)
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+    with VideoWriter(out, src) as writer:
+        writer.container = Recorder(writer.container)
+        for chunk, pts in read_video(src, chunk=8):
+            writer.write(chunk, pts)
+    audio_until, ahead = -1.0, 0.0
+    for kind, t in fed:
+        if kind == "audio":
+            audio_until = max(audio_until, t)
+        else:
+            ahead = max(ahead, t - audio_until)
+    assert ahead < 1.0, f"video reached the muxer {ahead:.1f} s ahead of the audio: audio not interleaved"
+    assert sum(k == "video" for k, _ in fed) == 64 and sum(k == "audio" for k, _ in fed) > 100
+    a, b = _streams(src), _streams(out)
+    assert a == b and b["frames"] == 64
+    assert sorted(t for k, t in _packet_order(src) if k == "audio") == sorted(t for k, t in _packet_order(out)
+                                                                              if k == "audio")
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotated_phone_video_is_read_upright_and_written_upright(tmp_path, rotation):
+    """A display rotation (phones store landscape frames plus a display matrix) is applied on read like OpenCV's
+    FFmpeg capture applies it (the reference), so faces stand upright for detection; the output holds the upright
+    frames with no rotation (it plays like the source) and keeps frame count, rate and audio."""
+    from bfr_core.io.video import VideoWriter, probe_video, read_video
+
+    upright = _pattern(5, 64, 48)  # as a viewer sees it: 48 wide, 64 tall
+    upright[:, :8, :12] = (255, 255, 0)  # a yellow top-left corner
+    quarter = rotation // 90
+    stored = np.ascontiguousarray(np.rot90(upright, -quarter, axes=(1, 2)))  # what the file holds before display
+    src = tmp_path / "phone.mp4"
+    write_clip(src, stored, fps=30, audio=True, rotation=rotation)
+    with av.open(str(src)) as c:
+        assert next(c.decode(video=0)).rotation % 360 == rotation % 360  # the file carries the display matrix
+    info = probe_video(src)
+    assert (info.width, info.height, info.rotation) == (48, 64, rotation % 360)
+    frames = torch.cat([c for c, _ in read_video(src, chunk=2)])
+    cap = cv2.VideoCapture(str(src))  # OpenCV applies the display rotation by default (CAP_PROP_ORIENTATION_AUTO)
+    reference = []
+    while (ok := cap.read())[0]:
+        reference.append(ok[1][:, :, ::-1])
+    cap.release()
+    reference = torch.from_numpy(np.stack(reference).copy()).permute(0, 3, 1, 2).float() / 255
+    assert frames.shape == reference.shape == (5, 3, 64, 48)
+    assert (frames - reference).abs().max() < 2 / 255
+    assert (frames * 255 - torch.from_numpy(upright).permute(0, 3, 1, 2)).abs().mean() < 4
+    out = tmp_path / "o" / "phone.mp4"
+    with VideoWriter(out, src) as writer:
+        for chunk, pts in read_video(src, chunk=2):
+            writer.write(chunk, pts)
+    with av.open(str(out)) as c:
+        assert next(c.decode(video=0)).rotation == 0
+    assert probe_video(out).rotation == 0
+    a, b = _streams(src), _streams(out)
+    assert b["size"] == (48, 64) and a["size"] == (48, 64)[::(-1 if quarter % 2 else 1)]
+    assert {k: v for k, v in a.items() if k != "size"} == {k: v for k, v in b.items() if k != "size"}
+    assert (torch.cat([c for c, _ in read_video(out)]) - frames).abs().mean() < 2 / 255
+
+
 def test_odd_size_and_other_containers(tmp_path):
     from bfr_core.io.video import VideoWriter, read_video
 
@@ -129,8 +216,8 @@ def test_cli_restores_a_video_file(face_clip, tmp_path, yunet_path, capsys):
 
 
 def test_look_ahead_smoothing_streams_like_one_pass(face_clip, tmp_path, yunet_path, capsys):
-    """kalman_rts in restore_clip: results trail the chunks by the look-ahead, every frame comes out once, and any
-    chunking gives the same frames as one chunk; the CLI writes every frame with its own timestamp."""
+    """kalman_rts in restore_clip: results trail the chunks by the look-ahead, every frame comes out once (the end
+    in pieces no larger than a chunk), and any chunking gives the same frames as one chunk; the CLI writes every frame with its own timestamp."""
     from bfr_core.faces.detection.yunet import YuNetDetector
     from bfr_core.faces.smoothing import SmoothingOptions
     from bfr_core.faces.tracking import FaceTracker
@@ -151,6 +238,8 @@ def test_look_ahead_smoothing_streams_like_one_pass(face_clip, tmp_path, yunet_p
     assert counts == [7, 3]
     counts, chunked = run([2, 4, 4])
     assert counts == [3, 4, 3] and torch.equal(one, chunked)
+    counts, small = run([2, 2, 2, 2, 2])  # the end (3 frames waiting) comes in pieces no larger than a chunk
+    assert counts == [1, 2, 2, 2, 2, 1] and torch.equal(one, small)
     out = tmp_path / "OUT"
     assert main(["restore", str(face_clip), "-o", str(out), "--models-dir", str(yunet_path.parent), "--align-only",
                  "--chunk-frames", "4", "--crop-size", "64", "--smoother", "kalman_rts", "--lookahead", "5"]) == 0

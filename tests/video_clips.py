@@ -16,14 +16,18 @@ from torch import Tensor
 
 
 def write_clip(path: str | Path, frames: np.ndarray, fps: int = 24, audio: bool = False, codec: str = "libx264",
-               pix_fmt: str = "yuv420p") -> None:
-    """frames [T, H, W, 3] uint8 RGB → a video file; ``audio``: plus a mono AAC 440 Hz tone as long as the video."""
+               pix_fmt: str = "yuv420p", rotation: int = 0) -> None:
+    """frames [T, H, W, 3] uint8 RGB → a video file; ``audio``: plus a mono AAC 440 Hz tone as long as the video;
+    ``rotation``: a display matrix asking players to turn the frames this many degrees counter-clockwise (as phones
+    write)."""
     import av
 
     t, h, w = frames.shape[:3]
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=fps)
         s.width, s.height, s.pix_fmt = w, h, pix_fmt
+        if rotation:
+            s.set_display_rotation(rotation)
         a = None
         if audio:
             a = c.add_stream("aac", rate=16000)

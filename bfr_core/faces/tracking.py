@@ -126,6 +126,15 @@ class FaceTracker:
         """Frames by which ``push`` trails its input (the smoother's look-ahead; 0 for causal filters)."""
         return 0 if self.smoothing is None else self.smoothing.delay
 
+    def sizes(self) -> dict[str, int]:
+        """What the tracker holds, all bounded whatever the clip's length: open tracks (those seen in the last
+        ``max_gap`` frames), frames waiting for their look-ahead (at most ``lookahead``), and the look-ahead
+        smoother's kept states (at most ``lookahead`` + 1 per face of those frames)."""
+        smoothers = {id(t.smoother): t.smoother for t in self.tracks.values() if t.smoother is not None}
+        smoothers.update({id(s): s for _, _, ss in self.pending for s in ss if s is not None})
+        return dict(tracks=len(self.tracks), pending=len(self.pending),
+                    smoother_states=sum(len(getattr(s, "states", ())) for s in smoothers.values()))
+
     def update(self, dets: FaceDetections) -> FaceDetections:
         """The next frame's detections tracked and smoothed, at once (causal smoothing methods only)."""
         if self.delay:

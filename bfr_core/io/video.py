@@ -1,12 +1,17 @@
 """Video files ↔ frame tensors with PyAV (which ComfyUI installs), streamed in chunks so memory does not grow with
 the clip's length.
 
-`read_video` yields [n, 3, H, W] float32 RGB chunks in [0, 1]; `VideoWriter` encodes frames with the source's
-timestamps (same frame count, frame rate and size) into the same container type, and copies the source's audio
-streams packet by packet (no re-encoding) when the container has audio. Results appear whole or not at all.
+`read_video` yields [n, 3, H, W] float32 RGB chunks in [0, 1], upright: a rotation the file asks players to apply
+(a phone's display matrix, the old "rotate" tag) is applied on read, as players and OpenCV do, so faces stand
+upright for detection. `VideoWriter` encodes frames with the source's timestamps (same frame count, frame rate and
+displayed size) into the same container type, upright and without a rotation, and copies the source's audio streams
+packet by packet (no re-encoding) when the container has audio. Audio packets are muxed as the video reaches their
+time, not after it: the muxer waits for every stream before it writes, so audio kept for the end made it hold up to
+its interleave limit (10 s) of encoded video. Results appear whole or not at all.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,6 +34,7 @@ CONTAINERS = {
     ".avi": ("avi", "mpeg4", {"qscale": "2"}),
 }
 VIDEO_SUFFIXES = tuple(CONTAINERS)
+log = logging.getLogger(__name__)
 
 
 class VideoReadError(ValueError):
@@ -45,12 +51,34 @@ def import_av():
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int
+    width: int  # as displayed: the frames `read_video` yields (sides swapped by a quarter-turn rotation)
     height: int
     frames: int  # as the container states it (0 when it does not say)
     fps: Fraction  # average frame rate
     time_base: Fraction
     has_audio: bool
+    rotation: int = 0  # degrees counter-clockwise that `read_video` turns the stored frames (0, 90, 180, 270)
+
+
+def display_rotation(degrees: float | None, where: str = "") -> int:
+    """A display rotation (degrees counter-clockwise, PyAV's ``VideoFrame.rotation``) as a quarter-turn multiple in
+    0..270; one that is not within 1 degree of a quarter turn is ignored with a warning (as FFmpeg does)."""
+    if not degrees:
+        return 0
+    quarter = round(degrees / 90)
+    if abs(degrees - 90 * quarter) > 1:
+        log.warning("%s: display rotation of %.1f degrees is not a quarter turn; frames are read as stored",
+                    where, degrees)
+        return 0
+    return 90 * quarter % 360
+
+
+def first_frame_rotation(container, path) -> int:
+    """The display rotation of a container's first video frame (FFmpeg puts the stream's display matrix on every
+    decoded frame; PyAV exposes no stream-level getter)."""
+    for frame in container.decode(container.streams.video[0]):
+        return display_rotation(frame.rotation, str(path))
+    return 0
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
@@ -66,8 +94,12 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             if not rate:
                 raise VideoReadError(f"{path}: the video stream states no frame rate")
-            return VideoInfo(stream.codec_context.width, stream.codec_context.height, int(stream.frames or 0),
-                             Fraction(rate), Fraction(stream.time_base), bool(container.streams.audio))
+            w, h = stream.codec_context.width, stream.codec_context.height
+            rotation = first_frame_rotation(container, path)
+            if rotation in (90, 270):
+                w, h = h, w
+            return VideoInfo(w, h, int(stream.frames or 0), Fraction(rate), Fraction(stream.time_base),
+                             bool(container.streams.audio), rotation)
     except av.error.FFmpegError as exc:
         raise VideoReadError(f"cannot read video {path}: {exc}") from None
 
@@ -81,6 +113,8 @@ def frames_to_tensor(frames: list[np.ndarray]) -> Tensor:
 
 def read_video(path: str | os.PathLike, chunk: int = 16) -> Iterator[tuple[Tensor, list[int | None]]]:
     """Chunks of decoded frames: ([n, 3, H, W] float32 RGB in [0, 1], their timestamps in the stream's time base)."""
+    import numpy as np
+
     av = import_av()
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 frame, got {chunk}")
@@ -92,7 +126,9 @@ def read_video(path: str | os.PathLike, chunk: int = 16) -> Iterator[tuple[Tenso
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
+                rgb = frame.to_ndarray(format="rgb24")
+                quarter = display_rotation(frame.rotation, str(path)) // 90
+                frames.append(np.ascontiguousarray(np.rot90(rgb, quarter)) if quarter else rgb)
                 pts.append(frame.pts)
                 if len(frames) == chunk:
                     yield frames_to_tensor(frames), pts
@@ -104,11 +140,12 @@ def read_video(path: str | os.PathLike, chunk: int = 16) -> Iterator[tuple[Tenso
 
 
 class VideoWriter:
-    """Writes frames like ``source``'s: same container type (by ``path``'s suffix), size, timestamps and audio.
+    """Writes frames like ``source``'s: same container type (by ``path``'s suffix), displayed size, timestamps and
+    audio; upright, with no display rotation.
 
-    ``write(frames, pts)`` takes [n, 3, H, W] in [0, 1] with the timestamps `read_video` gave; ``close()``
-    finishes the video, copies the audio packets and publishes the file (use as a context manager; an exception
-    inside leaves no file behind).
+    ``write(frames, pts)`` takes [n, 3, H, W] in [0, 1] with the timestamps `read_video` gave, and muxes the
+    source's audio packets up to the last frame's time; ``close()`` finishes the video, copies the rest of the audio
+    and publishes the file (use as a context manager; an exception inside leaves no file behind).
     """
 
     def __init__(self, path: str | os.PathLike, source: str | os.PathLike) -> None:
@@ -129,12 +166,17 @@ class VideoWriter:
         even = info.width % 2 == 0 and info.height % 2 == 0
         self.stream.pix_fmt = "yuv420p" if even or codec == "mpeg4" else "yuv444p"
         self.stream.codec_context.time_base = info.time_base
-        self.audio = []
-        with av.open(str(source)) as src:
-            for a in src.streams.audio:
-                self.audio.append((a.index, self.container.add_stream_from_template(a)))
         self.count = 0
         self.next_pts = 0
+        # the source's audio, read alongside the video as it is written: (source stream index → output stream),
+        # the packet iterator and the packet read ahead (the first one past the video written so far)
+        self.audio: dict = {}
+        self.audio_src = self.audio_packets = self.audio_next = None
+        if info.has_audio:
+            self.audio_src = av.open(str(source))
+            for a in self.audio_src.streams.audio:
+                self.audio[a.index] = self.container.add_stream_from_template(a)
+            self.audio_packets = iter(self.audio_src.demux(*self.audio_src.streams.audio))
 
     def write(self, frames: Tensor, pts: list[int | None] | None = None) -> None:
         import torch
@@ -153,26 +195,44 @@ class VideoWriter:
             for packet in self.stream.encode(frame):
                 self.container.mux(packet)
             self.count += 1
+        self.mux_audio(self.next_pts * self.info.time_base)
+
+    def mux_audio(self, until: Fraction | None) -> None:
+        """Copies the source's audio packets that start before ``until`` seconds (None: all that are left)."""
+        while self.audio_packets is not None:
+            packet = self.audio_next or next(self.audio_packets, None)
+            self.audio_next = None
+            if packet is None:
+                self.audio_packets = None
+                return
+            if packet.dts is None:  # demuxers end each stream with an empty packet
+                continue
+            start = packet.pts if packet.pts is not None else packet.dts
+            if until is not None and start * packet.time_base >= until:
+                self.audio_next = packet
+                return
+            packet.stream = self.audio[packet.stream.index]
+            self.container.mux(packet)
 
     def close(self) -> None:
-        av = import_av()
         try:
             for packet in self.stream.encode():
                 self.container.mux(packet)
-            if self.audio:
-                outputs = dict(self.audio)
-                with av.open(str(self.source)) as src:
-                    for packet in src.demux(*[src.streams[i] for i in outputs]):
-                        if packet.dts is None:  # demuxers end each stream with an empty packet
-                            continue
-                        packet.stream = outputs[packet.stream.index]
-                        self.container.mux(packet)
+            self.mux_audio(None)
             self.container.close()
             publish(self.tmp, self.path)
         finally:
+            self.close_source()
             self.tmp.unlink(missing_ok=True)
 
+    def close_source(self) -> None:
+        self.audio_packets = self.audio_next = None
+        if self.audio_src is not None:
+            self.audio_src.close()
+            self.audio_src = None
+
     def abort(self) -> None:
+        self.close_source()
         try:
             self.container.close()
         except Exception:  # noqa: BLE001 — the half-written file is deleted anyway

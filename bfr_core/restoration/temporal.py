@@ -9,7 +9,9 @@ Kept across the chunks of a clip (one `TrackMemory` per clip):
   track's input crops instead of the frame's own crop, so per-frame noise and compression of the input do not make
   the matched colours flicker (0 = the frame's own crop).
 
-A track not seen for more than ``max_gap`` frames starts afresh (it may have changed light, pose or person).
+A track not seen for more than ``max_gap`` frames starts afresh (it may have changed light, pose or person), and its
+stored crops are dropped then, so the memory holds only the tracks of the last ``max_gap`` frames, however long the
+clip and however many people pass through it.
 """
 from __future__ import annotations
 
@@ -64,5 +66,13 @@ class TrackMemory:
         return partial(self.color_reference, tracks=tracks, image_index=image_index)
 
     def advance(self, num_frames: int) -> None:
-        """Move past a chunk of ``num_frames`` frames (restore_images calls this)."""
+        """Move past a chunk of ``num_frames`` frames (restore_images calls this) and forget the tracks that can no
+        longer continue (last seen more than ``max_gap`` frames before the next frame)."""
         self.frame += int(num_frames)
+        for store in self._stores.values():
+            for track in [t for t, (_, last) in store.items() if self.frame - last > self.max_gap]:
+                del store[track]
+
+    def sizes(self) -> dict[str, int]:
+        """Tracks stored per kind (``restored``, ``color``): bounded by the tracks seen in the last max_gap frames."""
+        return {kind: len(self._stores.get(kind, ())) for kind in ("restored", "color")}

@@ -4,7 +4,8 @@ smoothed landmarks, per-track memory) carried from chunk to chunk, so memory doe
 Each chunk: detect → track and smooth (`faces.tracking.FaceTracker`) → `restore_images` with the tracked detections
 (a person's noise seed is ``seed + track id`` in every frame) and the clip's `TrackMemory`. With a look-ahead
 smoother (kalman_rts, ``lookahead`` L frames) the last L frames of a chunk wait for the next chunk's detections, so
-results trail the chunks by L frames (at most chunk + L frames are held) and the rest comes out at the end.
+results trail the chunks by L frames (at most chunk + L frames are held) and the rest comes out at the end, restored
+in pieces no larger than the largest chunk (so the end needs no more memory than the middle).
 """
 from __future__ import annotations
 
@@ -35,17 +36,19 @@ def restore_clip(chunks: Iterable[Tensor], detector: FaceDetector, restorer: Cro
     tracker = tracker or FaceTracker(smoothing=SmoothingOptions())
     temporal = temporal or TrackMemory(color=0.5)
     waiting: Tensor | None = None  # frames whose detections wait for the smoother's look-ahead
+    largest = 1  # frames in the largest chunk: the size of the pieces the end is restored in
 
     def restore(frames: Tensor, detections) -> RestoreResult:
         return restore_images(frames, None, restorer, paste=paste, crop_size=crop_size, border=border, parser=parser,
                               seed=seed, detections=detections, temporal=temporal)
 
     for frames in chunks:
+        largest = max(largest, frames.shape[0])
         ready = [t for d in detect_faces(detector, frames, detect) for t in tracker.push(d)]
         waiting = frames if waiting is None else torch.cat([waiting, frames])
         if ready:
             yield restore(waiting[:len(ready)], ready)
             waiting = waiting[len(ready):]
     ready = tracker.flush()
-    if ready:
-        yield restore(waiting[:len(ready)], ready)
+    for start in range(0, len(ready), largest):
+        yield restore(waiting[start:start + largest], ready[start:start + largest])
