@@ -40,7 +40,11 @@ __all__ = ["DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "LatentDiffusionPrior", 
 DEFAULT_PROMPT = "a high-quality portrait photo of a face, natural skin texture, sharp focus, detailed eyes"
 DEFAULT_NEGATIVE_PROMPT = ("blurry, low quality, jpeg artifacts, noise, distorted face, deformed eyes, cartoon, "
                            "painting, oversmoothed skin, makeup")
-DEFAULT_CFG = 4.0  # a guess for partial-strength restoration (AuthFace's script uses 8 from pure noise)
+# Not AuthFace's: its release (EthanLiang99/AuthFace option/test/test_base.sh, test_face_xl.py) runs 50 DDPM steps
+# from pure noise with a ControlNet on the LQ face and CFG 8 (argparse default 6.5); its --start_point/--start_steps
+# are parsed but never reach the pipeline. Starting from the estimate at partial strength without a ControlNet,
+# a milder scale keeps the estimate's colours and identity; 4 is our choice, not a measured optimum.
+DEFAULT_CFG = 4.0
 
 
 @dataclass
