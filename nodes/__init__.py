@@ -9,6 +9,7 @@ from .comfy_glue import register_model_folders
 from .detect import BFRDetectFaces, BFRLoadFaceDetector
 from .identity import BFRFaceSimilarity, BFRIdentityGuidance, BFRLoadFaceRecognizer
 from .restore import BFRDiffusionRestore, BFRLoadDiffusionPrior, BFRLoadRestorer, BFRRestoreFaces
+from .sd_restore import BFRIdentityGuider, BFRRestoreCropsWithModel
 from .track import BFRBlendFaceTracks, BFRTrackFaces
 
 register_model_folders()
@@ -30,6 +31,8 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     BFRBlendFaceTracks,
     BFRPseudoTargets,
     BFRAdaptRestorer,
+    BFRRestoreCropsWithModel,
+    BFRIdentityGuider,
 ]
 
 

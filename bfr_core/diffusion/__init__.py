@@ -16,6 +16,8 @@ _EXPORTS = {
     "Prior": ".priors",
     "as_prior": ".priors",
     "resolve_sampler": ".samplers",
+    "Sampler": ".samplers",
+    "KDiffusionGuidance": ".kdiffusion",
     "Guidance": ".sampling",
     "sample_latents": ".sampling",
     "linear_alphas_cumprod": ".schedules",

@@ -201,9 +201,11 @@ class LatentPrior:
     defaults to ``latent_size`` × the VAE's downscale factor (2^(len(vae.config.block_out_channels) − 1), 8 when the
     VAE has no such config). ``clip_sample``: x0 clipping range of the built-in samplers in latent space (None: no
     clipping, the right choice for real VAEs). ``vae_batch_size``: images per VAE call (None: the whole chunk).
+    ``denoiser=None`` makes a codec: encode/decode only, for a `samplers.Sampler` that brings its own model (the
+    ComfyUI nodes: the user's MODEL through ComfyUI's samplers); ``denoise`` then raises ValueError.
     """
 
-    def __init__(self, denoiser: Callable[..., Any], vae: Any, alphas_cumprod: Tensor, latent_size: int,
+    def __init__(self, denoiser: Callable[..., Any] | None, vae: Any, alphas_cumprod: Tensor, latent_size: int,
                  latent_channels: int, scaling_factor: float = 1.0, prediction_type: str = "epsilon", *,
                  shift_factor: float = 0.0, sample_size: int | None = None, image_channels: int = 3,
                  clip_sample: float | None = None, vae_batch_size: int | None = None):
@@ -252,6 +254,9 @@ class LatentPrior:
         return z * self.scaling_factor
 
     def denoise(self, latents_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        if self.model is None:
+            raise ValueError("this LatentPrior is a codec only (denoiser=None): use it with a sampler that brings its "
+                             "own model (a `Sampler` object, e.g. ComfyUI's through the BFR nodes)")
         if cond is None:
             return _unwrap(self.model(latents_t, t))
         if isinstance(cond, dict):

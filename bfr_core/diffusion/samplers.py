@@ -51,7 +51,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -61,8 +61,27 @@ from .timesteps import DEFAULT_STEPS, check_timesteps, evenly_spaced_timesteps, 
 Denoise = Callable[[Tensor, int], "tuple[Tensor, Tensor]"]
 Callback = Callable[[int], None]
 
-__all__ = ["BUILTIN_SAMPLERS", "BuiltinSampler", "Noise", "SchedulerSampler", "configure_scheduler", "ddim",
+__all__ = ["BUILTIN_SAMPLERS", "BuiltinSampler", "Noise", "Sampler", "SchedulerSampler", "configure_scheduler", "ddim",
            "ddpm", "check_eta", "dpmpp_2m", "q_sample", "resolve_sampler"]
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """What `restore_faces` runs (`BuiltinSampler`, `SchedulerSampler`, or an object of the caller's).
+
+    ``num_steps``: model evaluations per chunk (for progress). ``run(denoise, x0, acp, noise, callback)``: from the
+    clean start latents x0 [n, c, h, w] (float32, the prior's encoding of the backbone estimates) → denoised
+    latents; ``denoise`` the library's ``(x_t, t) -> (ε, x0)`` (`sampling.ModelDenoiser`: the prior's model, ε
+    conversion and the guidance hook; its ``guidance`` and ``faces`` attributes are there for samplers that bring
+    their own model and apply the hook themselves, e.g. through `kdiffusion.KDiffusionGuidance`), ``acp`` the
+    prior's float64 ā, ``noise`` the per-face `Noise` (its first draw is each face's start noise), ``callback(j)``
+    after model evaluation j. An object with these two members is used as-is by `resolve_sampler`.
+    """
+
+    num_steps: int
+
+    def run(self, denoise: Any, x0: Tensor, acp: Tensor, noise: "Noise", callback: Callback | None = None
+            ) -> Tensor: ...
 
 
 class Noise:
@@ -350,9 +369,9 @@ def check_eta(eta: float | None) -> None:
 
 def resolve_sampler(sampler: Any, acp: Tensor, t_start: int, steps: int | None = None, eta: float | None = None,
                     timesteps: Sequence[int] | None = None,
-                    clip_sample: float | None = 1.0) -> BuiltinSampler | SchedulerSampler:
+                    clip_sample: float | None = 1.0) -> Sampler:
     """A preset name or alias (`timesteps.get_preset`) → `BuiltinSampler`; a diffusers scheduler instance →
-    `SchedulerSampler`. ``steps``/``eta`` None = the preset's defaults; ``timesteps`` overrides the rule and steps;
+    `SchedulerSampler`; a `Sampler` → itself. ``steps``/``eta`` None = the preset's defaults; ``timesteps`` overrides the rule and steps;
     ``clip_sample``: the prior's x0 range (None: unbounded latents, scheduler clipping off)."""
     n_train = len(acp)
     check_eta(eta)
@@ -370,4 +389,7 @@ def resolve_sampler(sampler: Any, acp: Tensor, t_start: int, steps: int | None =
         return BuiltinSampler(preset.step, t_start, ts, eta_)
     if hasattr(sampler, "set_timesteps") and hasattr(sampler, "step"):
         return SchedulerSampler(sampler, acp, t_start, timesteps, steps, eta, clip_sample)
-    raise ValueError(f"sampler must be a preset name or a diffusers scheduler instance, got {type(sampler).__name__}")
+    if callable(getattr(sampler, "run", None)) and isinstance(getattr(sampler, "num_steps", None), int):
+        return sampler  # a `Sampler` of the caller's: it brings its own steps (steps/eta/timesteps unused)
+    raise ValueError(f"sampler must be a preset name, a diffusers scheduler instance or a Sampler (num_steps + "
+                     f"run), got {type(sampler).__name__}")

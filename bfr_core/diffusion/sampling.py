@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ..utils import device_dtype_of
 from .priors import PREDICTION_TYPES, Prior
-from .samplers import BuiltinSampler, Noise, SchedulerSampler
+from .samplers import Noise, Sampler
 
 
 
@@ -151,7 +151,7 @@ class ModelDenoiser:
 def sample_latents(
     prior: Prior,
     x0: Tensor,
-    sampler: BuiltinSampler | SchedulerSampler,
+    sampler: Sampler,
     generators: Sequence[torch.Generator],
     *,
     guidance: Guidance | None = None,

@@ -37,6 +37,7 @@ from ..diffusion.timesteps import DEFAULT_SAMPLER, DEFAULT_STRENGTH, strength_to
 from ..identity.settings import IdentitySettings
 from ..utils import ProgressCallback, device_dtype_of
 from ..utils.acceleration import check_compile_mode, compiled, to_channels_last, wants_channels_last
+from ..utils.color_fix import check_color_fix
 from ..utils.layout import check_images
 from .backbones import IdentityRestorer
 from .difface import restore_faces
@@ -54,7 +55,10 @@ class FaceRestorer:
     sampling schedule (see `restore_faces`; the default preset "fast" is 20 DDIM steps, η 0.5). identity:
     `IdentitySettings` for identity guidance (pixel or latent prior). batch_size: faces per network call (halves itself on out-of-memory). dtype: the prior's compute precision.
     progress: the default ``progress(done, total)`` callback of calls that pass none. channels_last, compile: how the
-    prior's network runs (module docstring: None = channels_last on the CPU; compile off by default).
+    prior's network runs (module docstring: None = channels_last on the CPU; compile off by default). color_fix:
+    "wavelet", "adain" or "none" (None: the prior's own, see `restore_faces`). ``sampler`` may also be a
+    `bfr_core.diffusion.samplers.Sampler` that brings its own model, with a codec prior (`LatentPrior` without a
+    denoiser): the ComfyUI nodes restore with the user's MODEL so.
     """
 
     prior: DenoiserPrior | None = None
@@ -69,9 +73,12 @@ class FaceRestorer:
     progress: ProgressCallback | None = field(default=None, repr=False)
     channels_last: bool | None = None
     compile: Any = "off"  # "off" | True / "default" | "max-autotune" | "reduce-overhead"
+    color_fix: str | None = None  # "wavelet" | "adain" | "none"; None: the prior's own (restore_faces)
 
     def __post_init__(self) -> None:
         self.compile = check_compile_mode(self.compile)
+        if self.color_fix is not None:
+            self.color_fix = check_color_fix(self.color_fix)
         if isinstance(self.backbone, IdentityRestorer):
             self.backbone = None  # the "none" backbone: same result, no resize round trip
         if self.identity is not None and self.prior is None:
@@ -128,7 +135,8 @@ class FaceRestorer:
                                            prior if isinstance(prior, LatentPrior) else None)
         out = restore_faces(estimates, self._fast_prior(), restorer=None, strength=self.strength, steps=self.steps,
                             sampler=self.sampler, eta=self.eta, seed=seed, guidance=guidance,
-                            batch_size=self.batch_size, dtype=self.dtype, progress=progress, seeds=seeds)
+                            batch_size=self.batch_size, dtype=self.dtype, progress=progress, seeds=seeds,
+                            color_fix=self.color_fix)
         return resize_crops(out, hw).to(crops.dtype)
 
     def _fast_prior(self) -> Any:

@@ -186,6 +186,12 @@ Combo = _comfytype("COMBO", _ComboInput, name="Combo")
 Image = _comfytype("IMAGE", name="Image")
 Mask = _comfytype("MASK", name="Mask")
 Image.Type = Mask.Type = torch.Tensor
+# Socket-only types of the core sampling nodes (v0.3.64's comfytype io_type strings).
+Model = _comfytype("MODEL", name="Model")
+Vae = _comfytype("VAE", name="Vae")
+Conditioning = _comfytype("CONDITIONING", name="Conditioning")
+Guider = _comfytype("GUIDER", name="Guider")
+Latent = _comfytype("LATENT", name="Latent")
 
 
 class Hidden(str, Enum):
@@ -351,4 +357,4 @@ class ComfyNode(_ComfyNodeInternal):
 
 
 __all__ = ["NumberDisplay", "Input", "WidgetInput", "Output", "Custom", "Boolean", "Int", "Float", "String", "Combo",
-           "Image", "Mask", "Hidden", "Schema", "NodeOutput", "ComfyNode"]
+           "Image", "Mask", "Model", "Vae", "Conditioning", "Guider", "Latent", "Hidden", "Schema", "NodeOutput", "ComfyNode"]
