@@ -205,12 +205,18 @@ class LatentDiffusionPrior(LatentPrior):
 
     @staticmethod
     def _rows(x: Tensor, n: int, like: Tensor) -> Tensor:
+        """One row for all faces, or one row per face of this call (per-face prompts)."""
+        if x.shape[0] not in (1, n):
+            raise ValueError(f"prompt embeddings have {x.shape[0]} rows for {n} faces in this call: give one row, or "
+                             f"one per face through restore_faces(cond=PromptEmbeddings(...)), which splits them "
+                             f"with the faces")
         x = x.to(device=like.device, dtype=like.dtype)
         return x.expand(n, *x.shape[1:]) if x.shape[0] == 1 else x
 
     def denoise(self, latents_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         """The UNet's prediction with CFG (module docstring). ``cond``: None = the prior's prompt; a
-        `PromptEmbeddings` for this call; a dict = raw UNet keyword arguments (no CFG)."""
+        `PromptEmbeddings` for this call (one row for all faces or one per face: per-face prompts, which
+        `restore_faces(cond=...)` splits with the faces); a dict = raw UNet keyword arguments (no CFG)."""
         if isinstance(cond, dict):
             return super().denoise(latents_t, t, cond)
         emb = self.embeddings if cond is None else cond
