@@ -174,7 +174,8 @@ DETAIL_ZOOM = 8 / 14
 TITLE_HEIGHT = 30
 # Smallest body heights the frontend computes for the nodes (LiteGraph computeSize), image nodes with a preview.
 MIN_HEIGHT = {"LoadImage": 326, "BFRDetectFaces": 218, "BFRDiffusionRestore": 282, "BFRRestoreFaces": 258,
-              "BFRIdentityGuidance": 214, "BFRPasteFaces": 170}
+              "BFRIdentityGuidance": 214, "BFRPasteFaces": 170, "BFRRestoreCropsWithModel": 414,
+              "BFRIdentityGuider": 158, "SamplerCustomAdvanced": 106, "CheckpointLoaderSimple": 98}
 
 
 def _rects(wf):
