@@ -29,8 +29,8 @@ from ..bfr_core.restoration.restorer import FaceRestorer
 from ..bfr_core.utils import resize_antialiased
 from ..bfr_core.utils.layout import split_alpha
 from .comfy_glue import check_interrupted, to_bchw, to_bhwc
-from .memory import models_loaded, restore_memory
-from .progress import RestoreProgress
+from .memory import models_loaded
+from .restore import crop_seeds, run_restore
 
 __all__ = ["ComfySampler", "ComfyVAECodec", "codec_prior", "make_identity_guider", "new_guider",
            "restore_crops_with_model"]
@@ -47,7 +47,7 @@ def model_alphas_cumprod(model) -> Tensor:
     """The MODEL's ā (float64, CPU) from its k-diffusion σ table; SD1.5/SD2.x/SDXL-type (discrete VP) models only."""
     ms = _model_object(model, "model_sampling")
     sigmas = getattr(ms, "sigmas", None)
-    if sigmas is None or torch.as_tensor(sigmas).ndim != 1 or len(sigmas) < 2 or type(ms).__name__.find("Flow") >= 0:
+    if sigmas is None or torch.as_tensor(sigmas).ndim != 1 or len(sigmas) < 2 or "Flow" in type(ms).__name__:
         raise ValueError(f"this MODEL's sampling ({type(ms).__name__}) is not a discrete VP schedule: the BFR SD nodes "
                          f"work with SD1.5, SD2.x and SDXL-type checkpoints")
     return alphas_cumprod_from_sigmas(sigmas)
@@ -256,21 +256,12 @@ def restore_crops_with_model(crops, model, vae, positive, negative, *, seed: int
     rgb, _ = split_alpha(to_bchw(crops))
     if guidance is not None:
         _check_guidance(guidance)
-    seeds = None
-    if faces is not None:
-        if len(faces) != rgb.shape[0]:
-            raise ValueError(f"'faces' describes {len(faces)} faces but {rgb.shape[0]} crops were given; connect the "
-                             f"BFR_FACES that came with these crops")
-        seeds = faces.face_seeds(seed)
+    seeds = crop_seeds(faces, rgb.shape[0], seed)
     prior = codec_prior(model, vae, size)
     sampler = ComfySampler(model, positive, negative, cfg, sampler_name, scheduler, steps, denoise, seed)
     # strength > 0 only selects "diffuse": ComfySampler's sigmas (KSampler's denoise) decide where sampling starts
     strength = 1.0 if sampler.num_steps > 0 else 0.0
     face_restorer = FaceRestorer(prior, restorer, strength=strength, sampler=sampler, identity=guidance,
                                  batch_size=batch_size, color_fix=color_fix)
-    progress = RestoreProgress(rgb.shape[0], face_restorer.batch_size, face_restorer.backbone)
-    recognizer = guidance.recognizer if guidance is not None else None
-    with models_loaded(face_restorer.backbone, recognizer, memory_required=restore_memory(face_restorer)), \
-            progress.watching_backbone():
-        out = face_restorer(rgb.cpu(), seed=seed, seeds=seeds, progress=progress)
+    out = run_restore(face_restorer, rgb, seed, seeds)  # progress, cancel, backbone/recognizer on the device
     return to_bhwc(out)

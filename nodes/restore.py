@@ -161,6 +161,16 @@ def sampler_settings(sampler: str, steps: int, eta: float, strength: float) -> t
     return sampler, steps, eta
 
 
+def crop_seeds(faces, count: int, seed: int) -> list[int] | None:
+    """Per-face seeds from the crops' BFR_FACES (seed + track id, or + index within its image); None without it."""
+    if faces is None:
+        return None
+    if len(faces) != count:
+        raise ValueError(f"'faces' describes {len(faces)} faces but {count} crops were given; connect the BFR_FACES "
+                         f"that came with these crops")
+    return faces.face_seeds(seed)
+
+
 def run_restore(restorer: FaceRestorer, crops_bchw: torch.Tensor, seed: int,
                 seeds: list[int] | None = None) -> torch.Tensor:
     """The library's restorer with ComfyUI's device, memory, progress and cancel handling."""
@@ -203,12 +213,7 @@ class BFRDiffusionRestore(io.ComfyNode):
     def execute(cls, crops, prior, strength, steps, sampler, eta, seed, batch_size, restorer=None, guidance=None,
                 faces=None) -> io.NodeOutput:
         rgb, _ = split_alpha(to_bchw(crops))
-        seeds = None
-        if faces is not None:
-            if len(faces) != rgb.shape[0]:
-                raise ValueError(f"'faces' describes {len(faces)} faces but {rgb.shape[0]} crops were given; connect "
-                                 f"the BFR_FACES that came with these crops")
-            seeds = faces.face_seeds(seed)
+        seeds = crop_seeds(faces, rgb.shape[0], seed)
         sampler, steps, eta = sampler_settings(sampler, steps, eta, strength)
         face_restorer = FaceRestorer(prior, restorer, strength=strength, steps=steps, sampler=sampler, eta=eta,
                                      identity=guidance, batch_size=batch_size)

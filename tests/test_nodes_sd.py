@@ -7,6 +7,7 @@ as ComfyUI's checkpoint loader makes them), so the guidance's decoder gradient g
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -248,6 +249,10 @@ def test_clear_errors(comfy_pack, model, vae, degraded, rec):
         restore(nodes, degraded, model, object())
     with pytest.raises(ValueError, match="BFR Identity Guidance"):
         restore(nodes, degraded, model, vae, guidance="strong")
+    flow_sampling = type("ModelSamplingDiscreteFlow", (), {"sigmas": torch.linspace(1, 0.001, 1000)})()  # SD3/Flux
+    flow = StubModelPatcher(SimpleNamespace(model_sampling=flow_sampling, latent_format=StubLatentFormat()))
+    with pytest.raises(ValueError, match="not a discrete VP schedule"):
+        restore(nodes, degraded, flow, vae)
     vae.downscale_ratio = 128
     with pytest.raises(ValueError, match="multiple of the VAE's downscale"):
         restore(nodes, degraded, model, vae)

@@ -86,7 +86,7 @@ class Sampler(Protocol):
 
 class Noise:
     """Per-face noise: ``draw()`` → [n, *shape] float32 on ``device``; face k's draw comes from ``generators[k]``
-    (diffusers' ``randn_tensor`` with a list of CPU generators), so it does not depend on the batch.
+    (the values of diffusers' ``randn_tensor`` with a list of CPU generators), so it does not depend on the batch.
 
     ``prefetch`` (for GPUs): the CPU draws one call ahead in background threads (one face per thread, each face's
     generator used by one thread in order, so the values are the same), into pinned memory copied without blocking.
@@ -117,10 +117,9 @@ class Noise:
         return [self._pool.submit(buf[k].normal_, generator=g) for k, g in enumerate(self.generators)] + [buf]
 
     def draw(self) -> Tensor:
-        if self._pool is None:
-            from diffusers.utils.torch_utils import randn_tensor
-
-            return randn_tensor(self.shape, generator=self.generators, device=self.device, dtype=torch.float32)
+        if self._pool is None:  # what diffusers' randn_tensor does with a list of generators (no import needed)
+            draws = [torch.randn(self.shape[1:], generator=g, dtype=torch.float32)[None] for g in self.generators]
+            return torch.cat(draws).to(self.device) if draws else torch.zeros(self.shape, device=self.device)
         *faces, buf = self._pending
         for f in faces:
             f.result()
