@@ -3,6 +3,9 @@
     PYTHONPATH=. python bench/bench_latent_prior.py --quick          # SD1.5 fp32, 1 face, 2 steps, 512 px
     PYTHONPATH=. python bench/bench_latent_prior.py --models sd15 sdxl --dtype bf16 --faces 1 --steps 2
     PYTHONPATH=. python bench/bench_latent_prior.py --part memory --size 256 --faces 16
+    PYTHONPATH=. python bench/bench_latent_prior.py --part memory --size 1024 --vae-batch 1 --tiling both
+    PYTHONPATH=. python bench/bench_latent_prior.py --part memory --size 256 --faces-list 1 4 16 --vae-batch 1
+    PYTHONPATH=. python bench/bench_latent_prior.py --part tiling --size 512 --tile 256
 
 Random weights in the real shapes (no downloads): the UNet2DConditionModel configs of SD 1.5 (860 M parameters) and
 SDXL base (2.6 G), built on the meta device and materialised once in --dtype; the SD VAE (AutoencoderKL's default
@@ -17,6 +20,10 @@ s/call (decode + recognizer forward + backward), with the extra wall time in per
 --part memory: peak resident memory (ru_maxrss of a fresh child process) of VAE-encoding and decoding --faces
 crops of --size px with vae_batch_size 1, 4 and all faces at once — why `LatentDiffusionPrior` chunks its VAE calls.
 Each setting runs in its own process; the baseline is the same process with the VAE loaded and no VAE call.
+--faces-list, --vae-batch and --tiling (diffusers' ``enable_tiling``: 512 px tiles) choose the rows.
+
+--part tiling: how much the VAE's tiling changes the result: encode + decode of one --size image with --tile px
+tiles against without tiling (max / mean absolute difference, latent and image).
 """
 from __future__ import annotations
 
@@ -144,12 +151,15 @@ def speed(args) -> None:
         del prior
 
 
-def memory_child(size: int, faces: int, vae_batch: int) -> None:
+def memory_child(size: int, faces: int, vae_batch: int, tiling: int = 0) -> None:
     from bfr_core.diffusion.priors import LatentPrior
 
     from bfr_core.diffusion.schedules import linear_alphas_cumprod
 
-    lat = LatentPrior(None, build_vae(), linear_alphas_cumprod(), size // 8, 4, 0.18215,
+    vae = build_vae()
+    if tiling:
+        vae.enable_tiling()  # diffusers' tiles: 512 px (the config's sample_size), 25 % overlap
+    lat = LatentPrior(None, vae, linear_alphas_cumprod(), size // 8, 4, 0.18215,
                       vae_batch_size=vae_batch if vae_batch > 0 else None)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if vae_batch >= 0:
@@ -164,36 +174,70 @@ def memory_child(size: int, faces: int, vae_batch: int) -> None:
     print(json.dumps({"before_gib": before / 2**20, "peak_gib": peak / 2**20, "seconds": dt}))
 
 
+def _child(size: int, faces: int, vae_batch: int, tiling: bool) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(size), str(faces), str(vae_batch),
+                          str(int(tiling))], capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    return json.loads(out[-1])
+
+
 def memory(args) -> None:
-    print(f"VAE encode+decode of {args.faces} faces at {args.size} px (SD VAE shape, fp32), peak RSS of a fresh process")
-    print(f"{'vae_batch_size':>14} {'peak GiB':>9} {'above models GiB':>16} {'s':>7}")
-    for b in (-1, 1, 4, 0):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(args.size), str(args.faces), str(b)],
-                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        r = json.loads(out)
-        label = {-1: "(no VAE call)", 0: f"all ({args.faces})"}.get(b, str(b))
-        print(f"{label:>14} {r['peak_gib']:9.2f} {r['peak_gib'] - r['before_gib']:16.2f} {r['seconds']:7.1f}", flush=True)
+    print(f"VAE encode+decode at {args.size} px (SD VAE shape, fp32), peak RSS of a fresh process per row")
+    print(f"{'faces':>5} {'vae_batch_size':>14} {'tiling':>6} {'peak GiB':>9} {'above models GiB':>16} {'s':>7}")
+    base = _child(args.size, 1, -1, False)
+    print(f"{'-':>5} {'(no VAE call)':>14} {'-':>6} {base['peak_gib']:9.2f} {0.0:16.2f} {0.0:7.1f}", flush=True)
+    faces = args.faces_list or [args.faces]
+    batches = args.vae_batch or [1, 4, 0]
+    for tiling in ([False, True] if args.tiling == "both" else [args.tiling == "on"]):
+        for n in faces:
+            for b in batches:
+                r = _child(args.size, n, b, tiling)
+                label = f"all ({n})" if b == 0 else str(b)
+                print(f"{n:5} {label:>14} {'on' if tiling else 'off':>6} {r['peak_gib']:9.2f} "
+                      f"{r['peak_gib'] - r['before_gib']:16.2f} {r['seconds']:7.1f}", flush=True)
+
+
+def tiling_difference(args) -> None:
+    """Decoded output with diffusers' VAE tiling against without, on one random image of --size px. --tile sets
+    the tile (the SD VAE's default, 512, does not tile a 512 face at all)."""
+    torch.manual_seed(0)
+    vae = build_vae()
+    x = torch.rand(1, 3, args.size, args.size) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean
+        ref_z, ref = z, vae.decode(z).sample
+        vae.enable_tiling()
+        vae.tile_sample_min_size, vae.tile_latent_min_size = args.tile, args.tile // 8
+        tz = vae.encode(x).latent_dist.mean
+        tiled = vae.decode(z).sample
+    dz, dx = (tz - ref_z).abs(), ((tiled - ref) / 2).abs()  # images in [0, 1] units
+    print(f"{args.size} px, tiles of {args.tile} px (25 % overlap), random-weight SD VAE: latent max/mean abs diff "
+          f"{dz.max():.4f}/{dz.mean():.4f} (latent std {ref_z.std():.3f}); decoded max/mean abs diff "
+          f"{dx.max():.4f}/{dx.mean():.4f} (image units, 0..1; decoded std {(ref / 2).std():.3f})")
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--memory-child":
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "--memory-child":
         torch.set_num_threads(2)
         memory_child(*map(int, sys.argv[2:]))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("speed", "memory"), default="speed")
+    ap.add_argument("--part", choices=("speed", "memory", "tiling"), default="speed")
     ap.add_argument("--models", nargs="+", choices=("sd15", "sdxl"), default=["sd15", "sdxl"])
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     ap.add_argument("--faces", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--faces-list", type=int, nargs="+", help="memory: several face counts (default: --faces)")
+    ap.add_argument("--vae-batch", type=int, nargs="+", help="memory: vae_batch_size values, 0 = all (default 1 4 0)")
+    ap.add_argument("--tiling", choices=("off", "on", "both"), default="off", help="memory: the VAE's tiling")
+    ap.add_argument("--tile", type=int, default=256, help="tiling: tile side in px")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="SD1.5 only, fp32, 1 face, 2 steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
         args.models, args.dtype, args.faces, args.steps = ["sd15"], "fp32", 1, 2
-    (memory if args.part == "memory" else speed)(args)
+    {"memory": memory, "tiling": tiling_difference, "speed": speed}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,20 @@ CORE_NODES = {
     "CreateVideo": ([("images", "IMAGE"), ("fps", "FLOAT"), ("audio", "AUDIO")], ["VIDEO"]),
     "SaveVideo": ([("video", "VIDEO"), ("filename_prefix", "STRING"), ("format", "COMBO"), ("codec", "COMBO")], []),
     "PreviewAny": ([("source", "*")], []),  # shows a STRING (the similarity report)
+    # SD/SDXL checkpoints, prompts and custom sampling (nodes.py, comfy_extras/nodes_custom_sampler.py, v0.3.64)
+    "CheckpointLoaderSimple": ([("ckpt_name", "COMBO")], ["MODEL", "CLIP", "VAE"]),
+    "CLIPTextEncode": ([("text", "STRING"), ("clip", "CLIP")], ["CONDITIONING"]),
+    "VAEEncode": ([("pixels", "IMAGE"), ("vae", "VAE")], ["LATENT"]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], ["IMAGE"]),
+    "RandomNoise": ([("noise_seed", "INT", {"min": 0, "control_after_generate": True})], ["NOISE"]),
+    "KSamplerSelect": ([("sampler_name", "COMBO")], ["SAMPLER"]),
+    "BasicScheduler": ([("model", "MODEL"), ("scheduler", "COMBO"), ("steps", "INT", {"min": 1, "max": 10000}),
+                        ("denoise", "FLOAT", {"min": 0.0, "max": 1.0})], ["SIGMAS"]),
+    "SamplerCustomAdvanced": ([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
+                               ("latent_image", "LATENT")], ["LATENT", "LATENT"]),
 }
-LINK_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "VIDEO", "AUDIO"}
+LINK_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "VIDEO", "AUDIO", "NOISE", "GUIDER",
+              "SAMPLER", "SIGMAS"}
 UPLOAD_NODES = ("LoadImage", "LoadVideo")  # the frontend stores the upload widget's value after the file name
 
 # workflows/ui: drag-and-drop (UI) format; workflows/api: the HTTP API twins (same stem). Only
@@ -44,7 +56,7 @@ def _signature(nodes_map, node_type):
         return inputs, list(cls.RETURN_TYPES)
     if node_type in CORE_NODES:
         ins, outs = CORE_NODES[node_type]
-        return [(n, k, {}, None) for n, k in ins], outs
+        return [(n, k, rest[0] if rest else {}, None) for n, k, *rest in ins], outs
     raise AssertionError(f"unknown node type {node_type}")
 
 
@@ -162,7 +174,8 @@ DETAIL_ZOOM = 8 / 14
 TITLE_HEIGHT = 30
 # Smallest body heights the frontend computes for the nodes (LiteGraph computeSize), image nodes with a preview.
 MIN_HEIGHT = {"LoadImage": 326, "BFRDetectFaces": 218, "BFRDiffusionRestore": 282, "BFRRestoreFaces": 354,
-              "BFRIdentityGuidance": 214, "BFRPasteFaces": 194}
+              "BFRIdentityGuidance": 214, "BFRPasteFaces": 194, "BFRRestoreCropsWithModel": 414,
+              "BFRIdentityGuider": 158, "SamplerCustomAdvanced": 106, "CheckpointLoaderSimple": 98}
 
 
 def _rects(wf):
@@ -198,5 +211,5 @@ def test_a_workflow_uses_every_node():
     """Each of the pack's nodes appears in at least one shipped workflow (BFRFaceSimilarity: before/after)."""
     used = {n["type"] for p in UI_FILES for n in json.loads(p.read_text())["nodes"]}
     for node_id in ("BFRFaceSimilarity", "BFRIdentityGuidance", "BFRDiffusionRestore", "BFRRestoreFaces",
-                    "BFRPasteFaces", "BFRLoadFaceRecognizer"):
+                    "BFRPasteFaces", "BFRLoadFaceRecognizer", "BFRRestoreCropsWithModel", "BFRIdentityGuider"):
         assert node_id in used, node_id

@@ -40,7 +40,11 @@ __all__ = ["DEFAULT_NEGATIVE_PROMPT", "DEFAULT_PROMPT", "LatentDiffusionPrior", 
 DEFAULT_PROMPT = "a high-quality portrait photo of a face, natural skin texture, sharp focus, detailed eyes"
 DEFAULT_NEGATIVE_PROMPT = ("blurry, low quality, jpeg artifacts, noise, distorted face, deformed eyes, cartoon, "
                            "painting, oversmoothed skin, makeup")
-DEFAULT_CFG = 4.0  # a guess for partial-strength restoration (AuthFace's script uses 8 from pure noise)
+# Not AuthFace's: its release (EthanLiang99/AuthFace option/test/test_base.sh, test_face_xl.py) runs 50 DDPM steps
+# from pure noise with a ControlNet on the LQ face and CFG 8 (argparse default 6.5); its --start_point/--start_steps
+# are parsed but never reach the pipeline. Starting from the estimate at partial strength without a ControlNet,
+# a milder scale keeps the estimate's colours and identity; 4 is our choice, not a measured optimum.
+DEFAULT_CFG = 4.0
 
 
 @dataclass
@@ -201,12 +205,18 @@ class LatentDiffusionPrior(LatentPrior):
 
     @staticmethod
     def _rows(x: Tensor, n: int, like: Tensor) -> Tensor:
+        """One row for all faces, or one row per face of this call (per-face prompts)."""
+        if x.shape[0] not in (1, n):
+            raise ValueError(f"prompt embeddings have {x.shape[0]} rows for {n} faces in this call: give one row, or "
+                             f"one per face through restore_faces(cond=PromptEmbeddings(...)), which splits them "
+                             f"with the faces")
         x = x.to(device=like.device, dtype=like.dtype)
         return x.expand(n, *x.shape[1:]) if x.shape[0] == 1 else x
 
     def denoise(self, latents_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         """The UNet's prediction with CFG (module docstring). ``cond``: None = the prior's prompt; a
-        `PromptEmbeddings` for this call; a dict = raw UNet keyword arguments (no CFG)."""
+        `PromptEmbeddings` for this call (one row for all faces or one per face: per-face prompts, which
+        `restore_faces(cond=...)` splits with the faces); a dict = raw UNet keyword arguments (no CFG)."""
         if isinstance(cond, dict):
             return super().denoise(latents_t, t, cond)
         emb = self.embeddings if cond is None else cond

@@ -37,6 +37,7 @@ so drawing a large batch's noise on the CPU overlaps the UNet instead of stallin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any, Callable, Protocol, Sequence
 
@@ -83,7 +84,11 @@ def model_device_dtype(prior: Any, dtype: torch.dtype | None,
 
 def slice_cond(cond: Any, index: Tensor, batch: int) -> Any:
     """The chunk's part of ``cond``: tensors whose first dimension is the whole batch are indexed by the chunk's
-    faces (also inside dicts, lists and tuples); anything else is passed through unchanged."""
+    faces (also inside dicts, lists, tuples and dataclass instances such as per-face `PromptEmbeddings`); anything
+    else is passed through unchanged."""
+    if dataclasses.is_dataclass(cond) and not isinstance(cond, type):
+        return dataclasses.replace(cond, **{f.name: slice_cond(getattr(cond, f.name), index, batch)
+                                            for f in dataclasses.fields(cond) if f.init})
     if isinstance(cond, Tensor):
         return cond[index.to(cond.device)] if cond.ndim > 0 and cond.shape[0] == batch else cond
     if isinstance(cond, dict):
