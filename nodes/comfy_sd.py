@@ -33,7 +33,7 @@ from .memory import models_loaded
 from .restore import crop_seeds, run_restore
 
 __all__ = ["ComfySampler", "ComfyVAECodec", "codec_prior", "make_identity_guider", "new_guider",
-           "restore_crops_with_model"]
+           "restore_crops_with_model", "with_guidance_models"]
 
 
 def _model_object(model, name: str):
@@ -44,10 +44,17 @@ def _model_object(model, name: str):
 
 
 def model_alphas_cumprod(model) -> Tensor:
-    """The MODEL's ā (float64, CPU) from its k-diffusion σ table; SD1.5/SD2.x/SDXL-type (discrete VP) models only."""
+    """The MODEL's ā (float64, CPU) from its k-diffusion σ table; SD1.5/SD2.x/SDXL-type (discrete VP) models only.
+
+    The kind is told by isinstance: ComfyUI names every MODEL's sampling class "ModelSampling" (model_base builds it
+    on the fly). EPS and its subclasses (v-prediction, EDM, x0) add noise as x0 + σ·ε, which the guidance bridge
+    assumes; flow models (SD3, Flux: CONST) add it as (1 − σ)·x0 + σ·ε and are refused."""
+    import comfy.model_sampling
+
     ms = _model_object(model, "model_sampling")
     sigmas = getattr(ms, "sigmas", None)
-    if sigmas is None or torch.as_tensor(sigmas).ndim != 1 or len(sigmas) < 2 or "Flow" in type(ms).__name__:
+    if (sigmas is None or torch.as_tensor(sigmas).ndim != 1 or len(sigmas) < 2
+            or not isinstance(ms, comfy.model_sampling.EPS)):
         raise ValueError(f"this MODEL's sampling ({type(ms).__name__}) is not a discrete VP schedule: the BFR SD nodes "
                          f"work with SD1.5, SD2.x and SDXL-type checkpoints")
     return alphas_cumprod_from_sigmas(sigmas)
@@ -68,7 +75,6 @@ class ComfyVAECodec:
             raise ValueError(f"'vae' must be a ComfyUI VAE (from a checkpoint or VAE loader), got {type(vae).__name__}")
         self.vae, self.latent_format = vae, latent_format
         self.device = getattr(vae, "device", None)
-        self._grad_model = None
 
     def encode(self, x: Tensor):
         pixels = ((x.float() + 1.0) * 0.5).clamp(0, 1).movedim(1, -1)
@@ -88,7 +94,11 @@ class ComfyVAECodec:
 
         vae = self.vae
         with torch.inference_mode(False):
-            mm.load_models_gpu([vae.patcher], memory_required=3 * vae.memory_used_decode(z.shape, vae.vae_dtype))
+            # During sampling the VAE was loaded with the MODEL (`with_guidance_models`); loading it again here would
+            # let ComfyUI free memory for it by unloading the UNet in the middle of sampling.
+            if vae.patcher not in mm.loaded_models():
+                mm.load_models_gpu([vae.patcher], memory_required=3 * z.shape[0] * vae.memory_used_decode(
+                    (1, *z.shape[1:]), vae.vae_dtype))
             model = self._grad_decoder()
             raw = self.latent_format.process_out(z)
             out = model.decode(raw.to(device=vae.device, dtype=vae.vae_dtype))
@@ -96,13 +106,34 @@ class ComfyVAECodec:
 
     def _grad_decoder(self):
         """The VAE's first stage model, or a copy of it outside inference mode when its weights are inference
-        tensors (they cannot be saved for backward)."""
+        tensors (they cannot be saved for backward). The copy is kept with the VAE (one per VAE, not one per run) and
+        follows the original's device, so ComfyUI's unloading of the VAE also moves the copy off the GPU."""
         fsm = self.vae.first_stage_model
         if not any(p.is_inference() for p in fsm.parameters()):
             return fsm
-        if self._grad_model is None:
-            self._grad_model = copy.deepcopy(fsm).requires_grad_(False)
-        return self._grad_model
+        cached = getattr(self.vae, _GRAD_COPY_ATTR, None)
+        if cached is None or cached[0] is not fsm:
+            cached = (fsm, copy.deepcopy(fsm).requires_grad_(False))
+            setattr(self.vae, _GRAD_COPY_ATTR, cached)
+        device = next(fsm.parameters()).device
+        return cached[1].to(device)
+
+
+_GRAD_COPY_ATTR = "_bfr_grad_decoder"  # on ComfyUI's VAE object: (its first stage model, the grad-able copy)
+
+
+def with_guidance_models(model, vae, recognizer):
+    """A clone of the MODEL patcher that loads the VAE and the recognizer with the UNet (ComfyUI's
+    ``prepare_sampling`` loads a model's additional models together with it), so guidance never has to load them in
+    the middle of sampling, where ComfyUI could unload the UNet to make room."""
+    from .memory import patcher_of
+
+    patchers = [p for p in (getattr(vae, "patcher", None), patcher_of(recognizer)) if p is not None]
+    if not patchers or not callable(getattr(model, "clone", None)):
+        return model
+    model = model.clone()
+    model.set_additional_models("bfr_identity", patchers)
+    return model
 
 
 def _downscale(vae) -> int:
@@ -147,13 +178,11 @@ def _guider_class():
             check_interrupted()
             return self.bridge(x, timestep, denoised, self.faces)
 
-        def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
-                   seed=None):
+        def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
             if self.settings is not None:
                 self.bridge, self.faces = self._bridge_for(latent_image), torch.arange(latent_image.shape[0])
-            try:
-                return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar,
-                                      seed)
+            try:  # *args/**kwargs: whatever else this ComfyUI's CFGGuider.sample takes, passed on unchanged
+                return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
             finally:
                 if self.settings is not None:
                     self.bridge = None  # per run: the hook holds this batch's targets
@@ -204,8 +233,8 @@ def make_identity_guider(model, positive, negative, vae, guidance: IdentitySetti
     if target is None and guidance.reference is None:
         raise ValueError("BFR Identity Guider: connect 'target' (the faces whose identity to keep, e.g. the aligned "
                          "crops or the backbone's estimate) or give BFR Identity Guidance reference photos")
-    guider = new_guider(model, positive, negative, cfg)
     codec_prior(model, vae, 512)  # a MODEL or VAE of the wrong kind fails here, not at sampling
+    guider = new_guider(with_guidance_models(model, vae, guidance.recognizer), positive, negative, cfg)
     guider.settings, guider.vae, guider.downscale = guidance, vae, _downscale(vae)
     guider.target = None if target is None else split_alpha(to_bchw(target))[0].cpu()
     return guider
@@ -216,7 +245,7 @@ class ComfySampler:
     KSampler's sigmas for steps/scheduler/denoise (module docstring)."""
 
     def __init__(self, model, positive, negative, cfg: float, sampler_name: str, scheduler: str, steps: int,
-                 denoise: float, seed: int = 0):
+                 denoise: float, seed: int = 0, vae=None):
         import comfy.samplers
 
         if sampler_name not in comfy.samplers.KSampler.SAMPLERS:
@@ -224,7 +253,7 @@ class ComfySampler:
         if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}; expected one of ComfyUI's KSampler schedulers")
         self.model, self.positive, self.negative, self.cfg = model, positive, negative, float(cfg)
-        self.sampler_name, self.seed = sampler_name, int(seed)
+        self.sampler_name, self.seed, self.vae = sampler_name, int(seed), vae
         ks = comfy.samplers.KSampler(model, steps=int(steps), device=torch.device("cpu"), sampler=sampler_name,
                                      scheduler=scheduler, denoise=float(denoise))
         self.sigmas = ks.sigmas.float().cpu()
@@ -238,8 +267,10 @@ class ComfySampler:
         eps = noise.draw()  # each face's start noise from its own generator
         if self.num_steps == 0:
             return x0
-        guider = new_guider(self.model, self.positive, self.negative, self.cfg)
         hook = getattr(denoise, "guidance", None)
+        model = self.model if hook is None else with_guidance_models(self.model, self.vae,
+                                                                      getattr(hook, "recognizer", None))
+        guider = new_guider(model, self.positive, self.negative, self.cfg)
         if hook is not None:
             guider.bridge, guider.faces = KDiffusionGuidance(hook, acp), denoise.faces
         cb = None if callback is None else (lambda step, _x0, _x, _total: callback(step))
@@ -258,7 +289,7 @@ def restore_crops_with_model(crops, model, vae, positive, negative, *, seed: int
         _check_guidance(guidance)
     seeds = crop_seeds(faces, rgb.shape[0], seed)
     prior = codec_prior(model, vae, size)
-    sampler = ComfySampler(model, positive, negative, cfg, sampler_name, scheduler, steps, denoise, seed)
+    sampler = ComfySampler(model, positive, negative, cfg, sampler_name, scheduler, steps, denoise, seed, vae=vae)
     # strength > 0 only selects "diffuse": ComfySampler's sigmas (KSampler's denoise) decide where sampling starts
     strength = 1.0 if sampler.num_steps > 0 else 0.0
     face_restorer = FaceRestorer(prior, restorer, strength=strength, sampler=sampler, identity=guidance,

@@ -295,7 +295,8 @@ class BFRRestoreFaces(io.ComfyNode):
         face_restorer.progress = progress
         out, coverage = torch.empty_like(images), images.new_zeros(images.shape[0], *images.shape[-2:])
         # In chunks of frames, so a long video batch holds only a chunk's crops. Every face's seed comes from its
-        # key and the TrackMemory carries the tracks from chunk to chunk, so this equals one restore_images call.
+        # key and the TrackMemory carries the tracks from chunk to chunk, so this equals one restore_images call
+        # (up to float rounding on GPUs, where other batches of faces change the sums).
         with restorer_on_device(face_restorer), progress.watching_backbone():
             for start in range(0, images.shape[0], FRAMES_PER_CALL):
                 part = slice(start, start + FRAMES_PER_CALL)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("comfy_inference_mode", "one_thread")
 SCALE = 0.7  # the stand-in latent format's scale factor (SD1.5: 0.18215)
 
 
-class StubModelSampling:
+class _StubSampling:
     """ComfyUI's ModelSamplingDiscrete + EPS for a given ā (k-diffusion σ table, EPS noise scaling)."""
 
     def __init__(self, acp):
@@ -45,6 +45,13 @@ class StubModelSampling:
 
     def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
         return latent_image + noise * (math.sqrt(1 + float(sigma) ** 2) if max_denoise else float(sigma))
+
+
+def StubModelSampling(acp):
+    """Built the way ComfyUI's model_base builds it: a class named ModelSampling over the sampling and prediction."""
+    import comfy.model_sampling as ms
+
+    return ms.model_sampling(ms.ModelSamplingDiscrete, ms.EPS, base=_StubSampling)(acp)
 
 
 class StubLatentFormat:
@@ -84,6 +91,18 @@ class StubModelPatcher:
 
     def get_model_object(self, name):
         return getattr(self.model, name)
+
+    # ModelPatcher's clone and additional models (prepare_sampling loads those with the model)
+    def clone(self):
+        other = StubModelPatcher(self.model)
+        other.additional_models = dict(getattr(self, "additional_models", {}))
+        return other
+
+    def set_additional_models(self, key, models):
+        self.additional_models = {**getattr(self, "additional_models", {}), key: list(models)}
+
+    def get_nested_additional_models(self):
+        return [m for ms in getattr(self, "additional_models", {}).values() for m in ms]
 
 
 class StubFirstStage(torch.nn.Module):
@@ -207,6 +226,34 @@ def test_identity_guidance_in_the_restore_node(comfy_pack, faces64, model, vae, 
     assert torch.equal(restore(nodes, degraded, model, vae, guidance=off), plain)
 
 
+def test_guidance_models_load_with_the_unet(comfy_pack, faces64, model, vae, degraded):
+    """The VAE (decoded with gradients every step) and a managed recognizer go to ComfyUI as the MODEL's additional
+    models, so prepare_sampling loads them with the UNet instead of the hook loading them mid-sampling (where
+    ComfyUI may unload the UNet to make room); the user's MODEL itself is not changed (a clone carries them)."""
+    import sys
+
+    import comfy.samplers
+
+    manage = sys.modules["bfr_pack_under_test.nodes.memory"].manage  # the pack as conftest.comfy_pack imports it
+    with torch.inference_mode(False):
+        managed = manage(TinyRecognizer())
+    nodes = comfy_pack.NODE_CLASS_MAPPINGS
+    settings = IdentitySettings(managed, strength=1.0, mask="none", reference=embed_images(managed, faces64[1][None]))
+    comfy.samplers.PREPARED.clear()
+    restore(nodes, degraded[:1], model, vae, guidance=settings)
+    assert comfy.samplers.PREPARED and all(p == [vae.patcher, managed.comfy_patcher] for p in comfy.samplers.PREPARED)
+    assert not getattr(model, "additional_models", {})
+    comfy.samplers.PREPARED.clear()
+    restore(nodes, degraded[:1], model, vae)  # unguided: nothing extra
+    assert comfy.samplers.PREPARED and all(p == [] for p in comfy.samplers.PREPARED)
+    comfy.samplers.PREPARED.clear()
+    (guider,) = run_node(nodes["BFRIdentityGuider"], model, POS, NEG, vae, settings, 3.0)
+    latent = vae.encode(degraded[:1].movedim(1, -1))
+    sigmas = comfy.samplers.KSampler(model, 2, "cpu", "euler", "karras", denoise=0.5).sigmas
+    guider.sample(torch.zeros_like(latent), latent, comfy.samplers.sampler_object("euler"), sigmas, seed=0)
+    assert comfy.samplers.PREPARED == [[vae.patcher, managed.comfy_patcher]]
+
+
 def test_identity_guider_off_is_a_plain_cfg_guider(comfy_pack, faces64, model, vae, degraded, rec):
     """The GUIDER in a SamplerCustomAdvanced-style call: guider.sample(noise, latent, sampler, sigmas, ...)."""
     import comfy.samplers
@@ -249,7 +296,11 @@ def test_clear_errors(comfy_pack, model, vae, degraded, rec):
         restore(nodes, degraded, model, object())
     with pytest.raises(ValueError, match="BFR Identity Guidance"):
         restore(nodes, degraded, model, vae, guidance="strong")
-    flow_sampling = type("ModelSamplingDiscreteFlow", (), {"sigmas": torch.linspace(1, 0.001, 1000)})()  # SD3/Flux
+    import comfy.model_sampling as ms
+
+    # SD3/Flux: flow matching; its class is named ModelSampling too, and it has a positive 1-D σ table
+    flow_sampling = ms.model_sampling(ms.ModelSamplingDiscreteFlow, ms.CONST, base=_StubSampling)(
+        torch.linspace(0.999, 0.5, 1000).double())
     flow = StubModelPatcher(SimpleNamespace(model_sampling=flow_sampling, latent_format=StubLatentFormat()))
     with pytest.raises(ValueError, match="not a discrete VP schedule"):
         restore(nodes, degraded, flow, vae)

@@ -16,6 +16,8 @@ import math
 
 import torch
 
+import comfy.model_management
+
 KSAMPLER_NAMES = ["euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
                   "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
                   "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp",
@@ -154,6 +156,9 @@ def _cond_tensor(cond):
     return None if cond is None else cond[0][0]
 
 
+PREPARED: list = []  # per sampling run: the additional models loaded with the MODEL
+
+
 class CFGGuider:
     def __init__(self, model_patcher):
         self.model_patcher = model_patcher
@@ -195,6 +200,11 @@ class CFGGuider:
     def outer_sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
                      seed=None):
         self.inner_model = self.model_patcher.model
+        # as comfy.sampler_helpers.prepare_sampling: the MODEL's additional models are loaded together with it
+        extra = list(getattr(self.model_patcher, "get_nested_additional_models", lambda: [])())
+        if extra:
+            comfy.model_management.load_models_gpu(extra)
+        PREPARED.append(extra)
         device = getattr(self.model_patcher, "load_device", torch.device("cpu"))
         try:
             return self.inner_sample(noise.to(device), latent_image.to(device), device, sampler, sigmas.to(device),
