@@ -19,7 +19,7 @@ from ..faces.detection.batch import DetectOptions, detect_faces
 from ..faces.smoothing import SmoothingOptions
 from ..faces.tracking import FaceTracker
 from .pipeline import CropRestorer, PasteOptions, RestoreResult, restore_images
-from .temporal import TrackMemory
+from .temporal import COLOR_SMOOTHING, TrackMemory
 
 
 def restore_clip(chunks: Iterable[Tensor], detector: FaceDetector, restorer: CropRestorer | None = None,
@@ -34,7 +34,7 @@ def restore_clip(chunks: Iterable[Tensor], detector: FaceDetector, restorer: Cro
     ``temporal``: default no blending, colour reference averaged per track with weight 0.5.
     """
     tracker = tracker or FaceTracker(smoothing=SmoothingOptions())
-    temporal = temporal or TrackMemory(color=0.5)
+    temporal = temporal or TrackMemory(color=COLOR_SMOOTHING)
     waiting: Tensor | None = None  # frames whose detections wait for the smoother's look-ahead
     largest = 1  # frames in the largest chunk: the size of the pieces the end is restored in
 
