@@ -207,7 +207,8 @@ def _guider_class():
                 faces = faces.expand(n, -1, -1, -1) if faces.shape[0] == 1 else faces
                 faces = resize_antialiased(faces.float(), (side, side)).clamp(0, 1)
             with models_loaded(self.settings.recognizer):
-                return KDiffusionGuidance(self.settings.build(faces, acp, codec), acp)
+                hook = self.settings.build(faces, acp, codec).encode_anchors((h, w))  # no VAE encode mid-sampling
+                return KDiffusionGuidance(hook, acp)
 
     return _IdentityGuider
 
@@ -272,6 +273,8 @@ class ComfySampler:
                                                                       getattr(hook, "recognizer", None))
         guider = new_guider(model, self.positive, self.negative, self.cfg)
         if hook is not None:
+            if callable(getattr(hook, "encode_anchors", None)):  # the VAE encode before sampling, not during it
+                hook.encode_anchors(tuple(x0.shape[-2:]))
             guider.bridge, guider.faces = KDiffusionGuidance(hook, acp), denoise.faces
         cb = None if callback is None else (lambda step, _x0, _x, _total: callback(step))
         raw = self.latent_format.process_out(x0.float())

@@ -92,6 +92,30 @@ def test_fidelity_anchor_is_the_estimates_latent(faces64, latent_prior, degraded
     assert torch.allclose(c, -sigma * (x0 - z), atol=1e-5)
 
 
+def test_fidelity_anchors_can_be_encoded_before_sampling(latent_prior, degraded, rec):
+    """encode_anchors does the anchors' VAE encode up front: the guided step itself then encodes nothing (ComfyUI's
+    samplers call it so that no VAE load happens while the UNet samples), with the same correction."""
+    lazy = IdentityGuidance.for_crops(rec, degraded, strength=0.0, fidelity=1.0, mask="none", latent_prior=latent_prior)
+    eager = IdentityGuidance.for_crops(rec, degraded, strength=0.0, fidelity=1.0, mask="none",
+                                       latent_prior=latent_prior)
+    z = latent_prior.encode(degraded)
+    x0 = z + 0.5
+    calls = []
+    original = latent_prior.encode
+    latent_prior.encode = lambda images: calls.append(images.shape[0]) or original(images)
+    try:
+        assert eager.encode_anchors(tuple(x0.shape[-2:])) is eager and calls == [3]
+        c_eager = eager(x0, 300, x0, faces=torch.arange(3))
+        assert calls == [3]  # nothing more during the step
+        c_lazy = lazy(x0, 300, x0, faces=torch.arange(3))
+        assert calls == [3, 3]  # the lazy one encodes at its first guided step
+    finally:
+        latent_prior.encode = original
+    assert torch.equal(c_eager, c_lazy)
+    unguided = IdentityGuidance(rec, strength=1.0, reference=degraded[:1], mask="none", latent_prior=latent_prior)
+    assert unguided.encode_anchors(tuple(x0.shape[-2:])) is unguided  # no fidelity: nothing to encode
+
+
 def test_face_restorer_guides_a_latent_prior(faces64, latent_prior, degraded, rec):
     ref = faces64[1]
     plain = FaceRestorer(latent_prior, steps=STEPS)(degraded)

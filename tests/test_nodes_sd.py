@@ -253,6 +253,23 @@ def test_guidance_models_load_with_the_unet(comfy_pack, faces64, model, vae, deg
     guider.sample(torch.zeros_like(latent), latent, comfy.samplers.sampler_object("euler"), sigmas, seed=0)
     assert comfy.samplers.PREPARED == [[vae.patcher, managed.comfy_patcher]]
 
+    # fidelity anchors are VAE-encoded before sampling starts, in both routes: no VAE encode while the UNet samples
+    pull = IdentitySettings(managed, strength=0.0, fidelity=1.0, mask="none")
+    encodes, original = [], vae.encode
+    vae.encode = lambda pixels: encodes.append(len(comfy.samplers.PREPARED)) or original(pixels)
+    try:
+        comfy.samplers.PREPARED.clear()
+        out = restore(nodes, degraded[:1], model, vae, guidance=pull)
+        assert torch.isfinite(out).all() and encodes and max(encodes) == 0, encodes
+        encodes.clear()
+        comfy.samplers.PREPARED.clear()
+        (guider,) = run_node(nodes["BFRIdentityGuider"], model, POS, NEG, vae, pull, 3.0,
+                             target=degraded[:1].movedim(1, -1))
+        guider.sample(torch.zeros_like(latent), latent, comfy.samplers.sampler_object("euler"), sigmas, seed=0)
+        assert encodes and max(encodes) == 0, encodes
+    finally:
+        vae.encode = original
+
 
 def test_identity_guider_off_is_a_plain_cfg_guider(comfy_pack, faces64, model, vae, degraded, rec):
     """The GUIDER in a SamplerCustomAdvanced-style call: guider.sample(noise, latent, sampler, sigmas, ...)."""

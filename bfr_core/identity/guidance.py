@@ -517,6 +517,15 @@ class IdentityGuidance:
             self._mask_cache[key] = a * 2 - 1
         return self._mask_cache[key][faces.cpu()].to(device)
 
+    def encode_anchors(self, size: tuple[int, int]) -> "IdentityGuidance":
+        """Make the fidelity anchors for x0 of spatial ``size`` now rather than at the first guided step (latent
+        priors: one VAE encode of the prepared estimates). A sampler whose model must stay loaded while it samples
+        (ComfyUI, where loading the VAE mid-sampling may unload the UNet) calls it before sampling. No-op without
+        fidelity or prepared anchors. Returns self."""
+        if self.fidelity > 0 and self._anchor is not None:
+            self._anchor_for(torch.zeros(0, dtype=torch.long), (int(size[0]), int(size[1])), torch.device("cpu"))
+        return self
+
     @property
     def substeps(self) -> int:
         """Recognizer evaluations per guided step: ceil(strength / substep), at most max_substeps (1 with cap)."""
