@@ -118,7 +118,9 @@ def read_video(path: str | os.PathLike, chunk: int = 16) -> Iterator[tuple[Tenso
     av = import_av()
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1 frame, got {chunk}")
-    probe_video(path)
+    # the stream's display rotation, read once (FFmpeg puts the same matrix on every frame; per frame it would also
+    # repeat a non-quarter-turn warning for each one)
+    quarter = probe_video(path).rotation // 90
     frames: list[np.ndarray] = []
     pts: list[int | None] = []
     try:
@@ -127,7 +129,6 @@ def read_video(path: str | os.PathLike, chunk: int = 16) -> Iterator[tuple[Tenso
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 rgb = frame.to_ndarray(format="rgb24")
-                quarter = display_rotation(frame.rotation, str(path)) // 90
                 frames.append(np.ascontiguousarray(np.rot90(rgb, quarter)) if quarter else rgb)
                 pts.append(frame.pts)
                 if len(frames) == chunk:
